@@ -1,0 +1,62 @@
+"""Run a stage function as a Hydra app composed from the packaged configs.
+
+The configs live in the top-level ``conf/`` folder of the repository and are installed as the
+package ``cemkit.conf``, so they are found from any working directory, from a wheel or an
+editable install alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from cemkit.errors import CemkitError
+
+CONFIG_PACKAGE = "pkg://cemkit.conf"
+log = logging.getLogger("cemkit")
+
+
+def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: list[str]) -> int:
+    """Compose ``conf/<name>.yaml`` with the Hydra overrides in ``argv`` and call ``func(cfg)``.
+
+    Supports everything ``@hydra.main`` does (``--cfg job``, ``-m``, ``--help``, group overrides).
+    A :class:`~cemkit.errors.CemkitError` is logged without a traceback and gives exit status 2.
+    """
+    import hydra
+
+    status = {"code": 0}
+
+    @hydra.main(version_base=None, config_path=CONFIG_PACKAGE, config_name=name)
+    def _app(cfg: DictConfig) -> None:
+        try:
+            func(cfg)
+        except CemkitError as exc:
+            log.error("%s", exc)
+            status["code"] = 2
+            if _is_multirun():
+                raise
+
+    saved = sys.argv
+    sys.argv = [f"cemkit {name}", f"hydra.job.name={name}", *argv]
+    try:
+        _app()
+    except SystemExit as exc:  # hydra exits on config errors with a message already printed
+        code = exc.code if isinstance(exc.code, int) else 1
+        return code
+    finally:
+        sys.argv = saved
+    return status["code"]
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - outside a hydra run
+        return False

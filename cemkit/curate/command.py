@@ -1,0 +1,3 @@
+from omegaconf import DictConfig
+def run(cfg: DictConfig):
+    print("curate", cfg.input)
