@@ -40,7 +40,7 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
                 raise
 
     saved = sys.argv
-    sys.argv = [f"cemkit {name}", f"hydra.job.name={name}", *argv]
+    sys.argv = [f"cemkit {name}", *_with_job_name(argv, name)]
     try:
         _app()
     except SystemExit as exc:  # hydra exits on config errors with a message already printed
@@ -49,6 +49,13 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
     finally:
         sys.argv = saved
     return status["code"]
+
+
+def _with_job_name(argv: list[str], name: str) -> list[str]:
+    """Add ``hydra.job.name=<name>`` next to the user's overrides (argparse wants them contiguous)."""
+    is_override = [not a.startswith("-") and ("=" in a or a.startswith("~")) for a in argv]
+    last = max((i for i, flag in enumerate(is_override) if flag), default=len(argv) - 1)
+    return [*argv[: last + 1], f"hydra.job.name={name}", *argv[last + 1 :]]
 
 
 def _is_multirun() -> bool:

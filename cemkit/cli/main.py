@@ -45,6 +45,13 @@ def _load(target: str):
     return getattr(module, func_name, None)
 
 
+def _configure_plain_logging() -> None:
+    """Logging for the non-Hydra commands (Hydra configures it for the stage commands)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cemkit {name}: this stage is not built yet in cemkit {__version__}.", file=sys.stderr)
         return 3
     if not command.hydra:
+        _configure_plain_logging()
         return int(func(rest) or 0)
     from cemkit.cli.hydra_app import run_hydra_command
 

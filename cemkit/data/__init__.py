@@ -1,0 +1,1 @@
+"""Data that ships with cemkit: deterministic synthetic volume-EM (:mod:`cemkit.data.synthetic`)."""

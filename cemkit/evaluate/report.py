@@ -1,0 +1,78 @@
+"""Present evaluation results: a plain-text table for the terminal and an atomically written JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+PIXEL_ROWS = ("iou", "dice", "precision", "recall", "accuracy", "specificity")
+RAND_ROWS = (("rand", "v_rand"), ("rand", "v_rand_split"), ("rand", "v_rand_merge"),
+             ("info", "v_info"), ("info", "v_info_split"), ("info", "v_info_merge"),
+             ("info", "vi_split"), ("info", "vi_merge"))
+OBJECT_ROWS = ("precision", "recall", "f1", "mean_matched_iou", "tp", "fp", "fn")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4f}"
+
+
+def format_table(result: dict) -> str:
+    """The metrics of :func:`cemkit.evaluate.evaluation.evaluate` as an aligned text table."""
+    shape = " x ".join(str(s) for s in result["shape"])
+    how = (f"probabilities > {result['threshold']:g}" if result.get("threshold") is not None
+           else result["prediction_kind"])
+    lines = [f"prediction {result['prediction']} ({how})", f"labels     {result['labels']} ({shape})", ""]
+    pixel, per_image = result["pixel"], result.get("per_image")
+    if "mean_iou" in pixel:  # multi-class
+        lines.append(f"{'metric':<22}{'pooled':>10}{'per-image':>11}")
+        lines.append(f"{'mean IoU (no bg)':<22}{_fmt(pixel['mean_iou']):>10}"
+                     f"{_fmt(per_image['mean_iou']) if per_image else '':>11}")
+        lines.append(f"{'accuracy':<22}{_fmt(pixel['accuracy']):>10}")
+        for c, (iou, dice) in enumerate(zip(pixel["per_class_iou"], pixel["per_class_dice"])):
+            lines.append(f"{f'class {c} IoU / Dice':<22}{_fmt(iou):>10}{_fmt(dice):>11}")
+        return "\n".join(lines)
+    lines.append(f"{'pixel metric':<22}{'pooled':>10}{'per-image':>11}")
+    for key in PIXEL_ROWS:
+        lines.append(f"{key:<22}{_fmt(pixel[key]):>10}{_fmt(per_image[key]) if per_image else '':>11}")
+    lines.append(f"{'tp / fp / fn':<22}{pixel['tp']} / {pixel['fp']} / {pixel['fn']}")
+    if "rand" in result:
+        lines += ["", f"{'segmentation (pooled)':<22}{'score':>10}"]
+        for group, key in RAND_ROWS:
+            lines.append(f"{key:<22}{_fmt(result[group][key]):>10}")
+        obj = result["objects"]
+        iou_thr = result["settings"]["iou_threshold"]
+        lines += ["", f"{f'objects (IoU >= {iou_thr:g})':<22}{'score':>10}"]
+        for key in OBJECT_ROWS:
+            lines.append(f"{key:<22}{_fmt(obj[key]):>10}")
+    if result.get("sweep"):
+        header = f"{'threshold':>10}" + "".join(f"{k:>11}" for k in ("iou", "dice", "precision", "recall"))
+        has_pi = "per_image_iou" in result["sweep"][0]
+        header += f"{'img iou':>11}" if has_pi else ""
+        lines += ["", "threshold sweep (pooled; img iou = per-image mean)", header]
+        for row in result["sweep"]:
+            line = f"{row['threshold']:>10g}" + "".join(f"{_fmt(row[k]):>11}" for k in ("iou", "dice", "precision", "recall"))
+            line += f"{_fmt(row['per_image_iou']):>11}" if has_pi else ""
+            lines.append(line)
+        best = result["best_threshold"]
+        lines.append(f"best threshold {best['threshold']:g} (IoU {best['iou']:.4f})")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,219 @@
+"""Export a finetuned segmenter as a BioImage Model Zoo package (napari, ilastik, deepImageJ).
+
+The package holds TorchScript and ONNX weights (both checked against PyTorch), a test input (a
+deterministic synthetic EM tile) and the matching test output, a cover image, a README and an
+``rdf.yaml`` (bioimage.io model spec 0.5) that declares the cemkit normalisation as preprocessing:
+``fixed_zero_mean_unit_variance`` with ``mean = 255 * norm_mean`` and ``std = 255 * norm_std`` on
+the raw 0-255 intensities, i.e. exactly ``(x / 255 - mean) / std``.
+
+The package is validated with ``bioimageio.core.test_model`` (format checks plus running the test
+input through every weight format and comparing with the test output) before it is moved into
+place. Needs the optional ``bioimageio.core`` package (``pip install 'cemkit[bioimageio]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cemkit.errors import CemkitError, ConfigError
+from cemkit.export.check import ExportCheckError
+from cemkit.export.onnx import export_onnx
+from cemkit.export.torchscript import export_torchscript
+
+logger = logging.getLogger(__name__)
+
+CEM500K_CITATION = {
+    "text": "Conrad R, Narayan K. CEM500K, a large-scale heterogeneous unlabeled cellular electron "
+            "microscopy image dataset for deep learning. eLife 2021;10:e65894.",
+    "doi": "10.7554/eLife.65894",
+}
+
+
+def _require():
+    try:
+        import bioimageio.core  # noqa: F401
+        import bioimageio.spec  # noqa: F401
+    except ImportError as exc:
+        raise CemkitError(
+            "BioImage Model Zoo export needs bioimageio.core: pip install 'cemkit[bioimageio]' "
+            f"({exc.name} is missing)") from None
+
+
+def _test_input(frames: int, tile: int, seed: int = 0) -> np.ndarray:
+    """Raw 0-255 float32 test input ``(1, frames, tile, tile)`` cut from a synthetic EM volume."""
+    from cemkit.data.synthetic import make_volume
+
+    depth = max(frames, 3)
+    volume = make_volume(shape=(depth, tile, tile), seed=seed, style=0)
+    z0 = (depth - frames) // 2
+    return volume.image[z0:z0 + frames][None].astype(np.float32)
+
+
+def _cover(image: np.ndarray, prediction: np.ndarray, path: Path) -> None:
+    """2:1 cover: the centre input slice (left) beside the first output channel (right)."""
+    from PIL import Image
+
+    left = np.clip(image, 0, 255).astype(np.uint8)
+    lo, hi = float(prediction.min()), float(prediction.max())
+    right = ((prediction - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+    Image.fromarray(np.concatenate([left, right], axis=1)).save(path)
+
+
+def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, tile: int = 256,
+                      output: str = "probabilities", opset: int = 17, tolerance: float = 1e-4,
+                      name: str | None = None, description: str | None = None,
+                      authors: Sequence[str] = (), licence: str = "CC-BY-4.0",
+                      tags: Sequence[str] = (), cite: Sequence[dict[str, str]] = (),
+                      source: str | None = None) -> Path:
+    """Write a validated bioimage.io model package: ``path`` ending in ``.zip`` or a folder.
+
+    Raises
+    ------
+    CemkitError
+        bioimageio.core is not installed, or the package fails its validation (the validation
+        summary is in the message); nothing is written then.
+    """
+    _require()
+    from bioimageio.core import test_model
+    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+    from bioimageio.spec.model import v0_5 as spec
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = int(meta.get("frames", model.frames))
+    num_classes = int(meta.get("num_classes", model.num_classes))
+    norms = meta.get("norms")
+    stride = int(model.max_stride)
+    tile = max(stride, -(-int(tile) // stride) * stride)
+    name = name or f"cemkit {meta.get('arch', model.arch)} {frames}fm segmentation"
+    if not authors:
+        raise ConfigError("a bioimage.io package needs at least one author: set "
+                          "bioimageio.authors=[\"Your Name\"]")
+
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        files = work / "files"
+        files.mkdir()
+        ts = export_torchscript(model, meta, files / "weights.pt", tile=tile, output=output,
+                                tolerance=tolerance, source=source)
+        ox = export_onnx(model, meta, files / "weights.onnx", tile=tile, output=output,
+                         opset=opset, tolerance=tolerance, source=source)
+
+        raw = _test_input(frames, tile)
+        if norms is not None:
+            x = (raw / 255.0 - float(norms[0])) / float(norms[1])
+        else:
+            x = (raw - raw.mean()) / (raw.std() + 1e-6)
+        with torch.no_grad():
+            y = (model.predict_proba(torch.from_numpy(x.astype(np.float32)))
+                 if output == "probabilities" else model(torch.from_numpy(x.astype(np.float32))))
+        y = y.numpy().astype(np.float32)
+        np.save(files / "test_input.npy", raw)
+        np.save(files / "test_output.npy", y)
+        _cover(raw[0, frames // 2], y[0, 0 if y.shape[1] == 1 else -1], files / "cover.png")
+
+        if norms is not None:
+            preprocessing = [spec.FixedZeroMeanUnitVarianceDescr(
+                kwargs=spec.FixedZeroMeanUnitVarianceKwargs(
+                    mean=255.0 * float(norms[0]), std=255.0 * float(norms[1])))]
+            norm_text = (f"(x / 255 - {float(norms[0]):.8g}) / {float(norms[1]):.8g} on 0-255 "
+                         f"intensities")
+        else:
+            preprocessing = [spec.ZeroMeanUnitVarianceDescr()]
+            norm_text = "per-image zero mean, unit variance (the checkpoint stores no norms)"
+        half = frames // 2
+        channel_names = [f"z{'+' if i > half else '-' if i < half else ''}"
+                         f"{abs(i - half) if i != half else ''}" for i in range(frames)]
+        channel_names = [spec.Identifier(c.replace("+", "p").replace("-", "m") or "z")
+                         for c in channel_names]
+        if y.shape[1] == 1:
+            out_names = [spec.Identifier("foreground")]
+        else:
+            names = meta.get("class_names") or [f"class{i}" for i in range(y.shape[1])]
+            out_names = [spec.Identifier(str(n)) for n in names]
+        inp = spec.InputTensorDescr(
+            id=spec.TensorId("input"),
+            description=f"{frames} consecutive z-slices (centre slice is segmented), raw 0-255",
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=channel_names),
+                  spec.SpaceInputAxis(id=spec.AxisId("y"),
+                                      size=spec.ParameterizedSize(min=stride, step=stride)),
+                  spec.SpaceInputAxis(id=spec.AxisId("x"),
+                                      size=spec.ParameterizedSize(min=stride, step=stride))],
+            test_tensor=spec.FileDescr(source=files / "test_input.npy"),
+            preprocessing=preprocessing)
+        out = spec.OutputTensorDescr(
+            id=spec.TensorId("output"),
+            description=("probabilities" if output == "probabilities" else "logits")
+            + (" of the foreground" if y.shape[1] == 1 else " per class"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=out_names),
+                  spec.SpaceOutputAxis(id=spec.AxisId("y"), size=spec.SizeReference(
+                      tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("y"))),
+                  spec.SpaceOutputAxis(id=spec.AxisId("x"), size=spec.SizeReference(
+                      tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("x")))],
+            test_tensor=spec.FileDescr(source=files / "test_output.npy"))
+
+        text = description or (
+            f"cemkit DeepEM3D-style segmentation model ({meta.get('arch', model.arch)} encoder, "
+            f"{frames} input slice(s), {num_classes if num_classes > 2 else 'binary'} classes) "
+            f"for volume electron microscopy.")
+        readme = files / "README.md"
+        readme.write_text(
+            f"# {name}\n\n{text}\n\n"
+            f"* Input: `(batch, {frames}, y, x)` float32, {frames} consecutive z-slices of raw 0-255 "
+            f"intensities; the model segments the centre slice. Normalisation (declared as "
+            f"preprocessing): {norm_text}.\n"
+            f"* Output: `(batch, {y.shape[1]}, y, x)` {out.description}.\n"
+            f"* y and x: multiples of {stride} (other sizes work too: the model pads and crops).\n"
+            f"* Exported by cemkit from `{Path(source).name if source else 'a checkpoint'}`; "
+            f"TorchScript and ONNX weights reproduce PyTorch within {tolerance:g}.\n",
+            encoding="utf-8")
+
+        cites = [spec.CiteEntry(**c) for c in (cite or [CEM500K_CITATION])]
+        descr = spec.ModelDescr(
+            name=name, description=text,
+            authors=[spec.Author(name=a) for a in authors],
+            cite=cites, license=licence,
+            documentation=spec.FileDescr(source=readme),
+            covers=[spec.FileDescr(source=files / "cover.png")],
+            tags=list(tags) or ["electron-microscopy", "segmentation", "2d", "cemkit", "pytorch",
+                                "onnx"],
+            inputs=[inp], outputs=[out],
+            weights=spec.WeightsDescr(
+                torchscript=spec.TorchscriptWeightsDescr(
+                    source=ts, pytorch_version=spec.Version(torch.__version__.split("+")[0])),
+                onnx=spec.OnnxWeightsDescr(source=ox, opset_version=int(opset),
+                                           parent="torchscript")),
+        )
+        staged = work / (path.name if path.suffix == ".zip" else "package")
+        if path.suffix == ".zip":
+            save_bioimageio_package(descr, output_path=staged)
+        else:
+            save_bioimageio_package_as_folder(descr, output_path=staged)
+        summary = test_model(staged if path.suffix == ".zip" else staged / "rdf.yaml",
+                             devices=["cpu"])
+        if summary.status != "passed":
+            raise ExportCheckError(f"the bioimage.io package for {source or 'the model'} failed "
+                                   f"validation:\n{summary.format()}")
+        logger.info("bioimage.io package validated by bioimageio.core %s (status %s)",
+                    _version(), summary.status)
+        if path.exists() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("wrote bioimage.io package %s", path)
+    return path
+
+
+def _version() -> str:
+    import bioimageio.core
+
+    return getattr(bioimageio.core, "__version__", "?")

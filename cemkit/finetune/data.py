@@ -1,0 +1,310 @@
+"""Training data for segmentation: image/label volumes, k-frame inputs, patch sampling, augmentation.
+
+Images and labels are read with :func:`cemkit.io.open_volume`: a CDeep3M-style folder of 2D slices
+(``images/`` and ``labels/``, paired in natural sort order), a multi-page TIFF, an HDF5 / zarr /
+MRC / npy volume. Training volumes are loaded into memory (uint8 images, uint8 labels), which
+is what a labelled training set (tens of slices) needs.
+
+Labels: binary labels may be stored as 0/1 or 0/255; ``C``-class labels as 0..C-1. Anything else is
+an :class:`~cemkit.errors.InputError` naming the file and the values found.
+
+k-frame inputs (1fm / 3fm / 5fm): slices ``z - k//2 .. z + k//2`` become the input channels of the
+prediction for slice ``z``; the volume ends are mirror-padded (``-1 -> 1``, ``n -> n-2``), as in
+CDeep3M.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cemkit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------ frames
+def min_slices(frames: int) -> int:
+    """Fewest slices a volume needs for ``frames``-frame inputs with mirror padding (``frames // 2 + 1``)."""
+    return frames // 2 + 1
+
+
+def frame_indices(z: int, n_slices: int, frames: int) -> np.ndarray:
+    """Slice indices of the ``frames``-slice input centred on slice ``z``, mirror-padded at the ends.
+
+    Parameters
+    ----------
+    z
+        Centre slice, ``0 <= z < n_slices``.
+    n_slices
+        Number of slices of the volume.
+    frames
+        Odd number of input slices (1, 3, 5, ...).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``frames`` int indices; out-of-range neighbours are reflected without repeating the edge
+        slice: ``frame_indices(0, 10, 5) == [2, 1, 0, 1, 2]``, ``frame_indices(9, 10, 5) == [7, 8, 9, 8, 7]``.
+
+    Raises
+    ------
+    ValueError
+        ``frames`` even or < 1, ``z`` out of range, or too few slices to mirror (``n_slices < frames // 2 + 1``).
+    """
+    if frames < 1 or frames % 2 == 0:
+        raise ValueError(f"frames must be odd and >= 1, got {frames}")
+    if not 0 <= z < n_slices:
+        raise ValueError(f"slice {z} out of range for {n_slices} slices")
+    half = frames // 2
+    if n_slices < min_slices(frames):
+        raise ValueError(f"{frames} frames need at least {min_slices(frames)} slices, the volume has {n_slices}")
+    idx = np.arange(z - half, z + half + 1)
+    idx = np.where(idx < 0, -idx, idx)
+    idx = np.where(idx >= n_slices, 2 * (n_slices - 1) - idx, idx)
+    return idx.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------ reading
+def convert_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """Check label values and map them to class indices ``0..num_classes-1`` (uint8).
+
+    Binary (``num_classes == 2``): values in {0, 1} or {0, 255}; 255 becomes 1.
+    Multi-class: values in ``0..num_classes-1``.
+
+    Raises
+    ------
+    InputError
+        Other values; the message names ``where`` and the unexpected values.
+    """
+    values = np.unique(labels)
+    if num_classes == 2:
+        vs = set(values.tolist())
+        if vs <= {0, 1}:
+            return labels.astype(np.uint8, copy=False)
+        if vs <= {0, 255}:
+            return (labels == 255).astype(np.uint8)
+        raise InputError(f"{where}: binary labels must be 0/1 or 0/255, found values {_show(values)}; "
+                         f"for multi-class labels set data.num_classes")
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise InputError(f"{where}: labels for data.num_classes={num_classes} must be 0..{num_classes - 1}, "
+                         f"found values {_show(bad)}")
+    return labels.astype(np.uint8, copy=False)
+
+
+def _show(values: np.ndarray, n: int = 10) -> str:
+    vals = [int(v) if float(v).is_integer() else float(v) for v in values[:n]]
+    return str(vals) + (f" ... ({values.size} distinct)" if values.size > n else "")
+
+
+def _open(path: str | Path, key: str | None):
+    from cemkit.io import open_volume
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found")
+    return open_volume(path, key=key)
+
+
+@dataclass
+class LabelledVolume:
+    """An image volume (uint8 z-y-x) with labels (uint8 class indices) for some or all slices.
+
+    ``slices`` are the z indices whose labels are used; the image slices around them give the
+    context of k-frame inputs.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    slices: np.ndarray
+    name: str
+
+    def subset(self, slices: Sequence[int]) -> "LabelledVolume":
+        return LabelledVolume(self.image, self.label, np.asarray(slices, dtype=np.int64), self.name)
+
+
+def read_labelled_volume(images: str | Path, labels: str | Path, num_classes: int = 2, *, frames: int = 1,
+                         image_key: str | None = None, label_key: str | None = None) -> LabelledVolume:
+    """Read and check an image / label pair.
+
+    Parameters
+    ----------
+    images, labels
+        Anything :func:`cemkit.io.open_volume` reads (a folder of 2D slices, a TIFF stack, h5, zarr, ...).
+    num_classes
+        2 for binary labels (0/1 or 0/255), ``C`` for 0..C-1.
+    frames
+        The largest number of input frames that will be used (checks there are enough slices).
+    image_key, label_key
+        Dataset names inside h5 / zarr containers.
+
+    Raises
+    ------
+    InputError
+        Missing files, image / label size mismatch, unexpected label values, too few slices.
+    """
+    ivol, lvol = _open(images, image_key), _open(labels, label_key)
+    if tuple(ivol.shape) != tuple(lvol.shape):
+        raise InputError(f"image/label size mismatch: {ivol.path} is {tuple(ivol.shape)} (z, y, x) but "
+                         f"{lvol.path} is {tuple(lvol.shape)}")
+    n = ivol.shape[0]
+    if n < min_slices(frames):
+        raise InputError(f"{ivol.path}: {frames}-frame inputs need at least {min_slices(frames)} consecutive slices, "
+                         f"found {n}")
+    image = np.ascontiguousarray(ivol.as_uint8()[:])
+    label = convert_labels(np.asarray(lvol[:]), num_classes, str(lvol.path))
+    log.info("read %s: %d slices of %dx%d, foreground fraction %.3f", ivol.path, n, image.shape[1], image.shape[2],
+             float((label > 0).mean()))
+    return LabelledVolume(image, label, np.arange(n), ivol.name)
+
+
+def split_validation(vol: LabelledVolume, val_slices: int) -> tuple[LabelledVolume, LabelledVolume]:
+    """Use the last ``val_slices`` labelled slices for validation, the others for training."""
+    n = len(vol.slices)
+    if not 0 < val_slices < n:
+        raise InputError(f"{vol.name}: cannot hold out {val_slices} of {n} labelled slices for validation "
+                         f"(set data.val_slices between 1 and {n - 1}, or give data.val_images / data.val_labels)")
+    return vol.subset(vol.slices[: n - val_slices]), vol.subset(vol.slices[n - val_slices:])
+
+
+def intensity_norms(image: np.ndarray) -> tuple[float, float]:
+    """``(mean, std)`` of ``image / 255`` (uint8), for normalising inputs of a randomly initialised encoder."""
+    x = image.astype(np.float64) / 255.0
+    return float(x.mean()), float(max(x.std(), 1e-6))
+
+
+# ------------------------------------------------------------------------------------ augmentation
+def build_augmentation(enabled: bool = True, photometric: bool = True):
+    """albumentations pipeline: D4 (flips, 90-degree rotations), brightness/contrast, blur or noise.
+
+    Applied to ``(H, W, frames)`` uint8 images with their mask; every frame gets the same transform.
+    """
+    import albumentations as A
+
+    if not enabled:
+        return None
+    ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if photometric:
+        ops += [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+                A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+                         A.GaussNoise(std_range=(0.02, 0.06), p=1.0)], p=0.3)]
+    return A.Compose(ops)
+
+
+def normalise(x: np.ndarray, norms: Sequence[float]) -> np.ndarray:
+    """uint8 -> float32 ``(x / 255 - mean) / std``."""
+    mean, std = float(norms[0]), float(norms[1])
+    return ((x.astype(np.float32) / 255.0) - mean) / std
+
+
+# ------------------------------------------------------------------------------------ datasets
+def _crop_padded(arr: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``arr[..., y0:y0+size, x0:x0+size]`` reflect-padded where the window leaves the array."""
+    h, w = arr.shape[-2:]
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + size, h), min(x0 + size, w)
+    out = arr[..., ys:ye, xs:xe]
+    pads = ((0, 0),) * (arr.ndim - 2) + ((ys - y0, y0 + size - ye), (xs - x0, x0 + size - xe))
+    if any(p for pair in pads for p in pair):
+        mode = "reflect" if all(p < s for p, s in zip((pads[-2][0], pads[-2][1], pads[-1][0], pads[-1][1]),
+                                                     (out.shape[-2],) * 2 + (out.shape[-1],) * 2)) else "symmetric"
+        out = np.pad(out, pads, mode=mode)
+    return out
+
+
+class PatchDataset(Dataset):
+    """Random ``frames x crop x crop`` training patches with foreground-biased sampling.
+
+    Patch centres are drawn uniformly over the labelled slices; a patch whose centre pixel is
+    background is kept with probability ``background_keep`` (CDeep3M: 1/4), one centred on
+    foreground always, so foreground is over-sampled about ``1 / background_keep`` times.
+
+    Each item is ``(x, y)``: ``x`` float32 ``(frames, crop, crop)`` normalised with ``norms``,
+    ``y`` int64 ``(crop, crop)`` class indices. Randomness comes from torch's generator (seeded by
+    ``seed_everything``, distinct in every DataLoader worker).
+    """
+
+    def __init__(self, volumes: Sequence[LabelledVolume], frames: int, crop: int, length: int,
+                 norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20):
+        self.volumes, self.frames, self.crop, self.length = list(volumes), int(frames), int(crop), int(length)
+        self.norms, self.background_keep, self.augment, self.max_tries = norms, float(background_keep), augment, max_tries
+        self._weights = np.array([len(v.slices) * v.image.shape[1] * v.image.shape[2] for v in self.volumes], float)
+        self._weights /= self._weights.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One uint8 ``(frames, crop, crop)`` patch and its ``(crop, crop)`` labels."""
+        for _ in range(self.max_tries):
+            vol = self.volumes[rng.choice(len(self.volumes), p=self._weights)]
+            z = int(vol.slices[rng.integers(len(vol.slices))])
+            _, h, w = vol.image.shape
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+            if vol.label[z, cy, cx] > 0 or rng.random() < self.background_keep:
+                break
+        y0, x0 = cy - self.crop // 2, cx - self.crop // 2
+        # keep the window inside the slice when the slice is large enough
+        y0 = min(max(y0, 0), max(h - self.crop, 0)) if h >= self.crop else y0
+        x0 = min(max(x0, 0), max(w - self.crop, 0)) if w >= self.crop else x0
+        zs = frame_indices(z, vol.image.shape[0], self.frames)
+        img = _crop_padded(vol.image[zs], y0, x0, self.crop)
+        lab = _crop_padded(vol.label[z], y0, x0, self.crop)
+        return img, lab
+
+    def __getitem__(self, index: int):
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        rng = np.random.default_rng(seed)
+        img, lab = self.sample(rng)
+        if self.augment is not None:
+            self.augment.set_random_seed(seed % 2**32)
+            out = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=np.ascontiguousarray(lab))
+            img, lab = out["image"].transpose(2, 0, 1), out["mask"]
+        x = normalise(np.ascontiguousarray(img), self.norms)
+        return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+
+
+class SliceDataset(Dataset):
+    """Deterministic validation items: whole labelled slices, or a grid of ``tile`` x ``tile`` windows.
+
+    Items are ``(x, y, index)`` as in :class:`PatchDataset` plus the item number (for overlays).
+    """
+
+    def __init__(self, volumes: Sequence[LabelledVolume], frames: int, norms: Sequence[float], tile: int | None = None):
+        self.volumes, self.frames, self.norms, self.tile = list(volumes), int(frames), norms, tile
+        self.items: list[tuple[int, int, int, int, int, int]] = []  # vol, z, y0, x0, h, w
+        for vi, v in enumerate(self.volumes):
+            _, h, w = v.image.shape
+            for z in v.slices:
+                if tile is None or (h <= tile and w <= tile):
+                    self.items.append((vi, int(z), 0, 0, h, w))
+                else:
+                    for y0 in _starts(h, tile):
+                        for x0 in _starts(w, tile):
+                            self.items.append((vi, int(z), y0, x0, min(tile, h), min(tile, w)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        vi, z, y0, x0, h, w = self.items[index]
+        v = self.volumes[vi]
+        zs = frame_indices(z, v.image.shape[0], self.frames)
+        img = v.image[zs, y0:y0 + h, x0:x0 + w]
+        lab = v.label[z, y0:y0 + h, x0:x0 + w]
+        x = normalise(np.ascontiguousarray(img), self.norms)
+        return torch.from_numpy(x), torch.from_numpy(lab.astype(np.int64)), index
+
+
+def _starts(size: int, tile: int) -> list[int]:
+    """Window starts covering ``size`` with windows of ``tile`` (last one flush with the end)."""
+    n = math.ceil(size / tile)
+    return sorted({min(i * tile, size - tile) for i in range(n)})

@@ -1,0 +1,73 @@
+"""What ``model.init=`` points at: nothing, encoder weights, or a finetuned segmenter.
+
+- ``none``: random initialisation (timm's ImageNet weights with ``model.encoder.timm_pretrained=true``).
+- a path to encoder weights: anything :func:`cemkit.models.encoders.read_encoder_weights` reads
+  (cemkit export, CEM500K / cellemnet MoCo ``.pth.tar``, SwAV, timm / torchvision state dicts).
+- a path to a finetuned cemkit checkpoint (``best.ckpt``), or a finetune output folder
+  (``DIR/{k}fm/best.ckpt`` is picked for ``k`` frames): domain adaptation -- the whole model
+  continues training on the new data with a fresh optimizer, schedule and step budget.
+- ``zoo:NAME``: resolved to a local file by :func:`cemkit.zoo.resolve`, then as above.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cemkit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InitSource:
+    """A resolved ``model.init``: ``kind`` is ``none``, ``encoder`` or ``segmenter``."""
+
+    kind: str
+    path: Path | None = None
+    weights: Any = None            # EncoderWeights for kind == "encoder"
+    checkpoint: dict | None = None  # loaded segmenter checkpoint for kind == "segmenter"
+    meta: dict = field(default_factory=dict)
+
+
+def _segmenter_file(folder: Path, frames: int) -> Path:
+    for cand in (folder / f"{frames}fm" / "best.ckpt", folder / "best.ckpt"):
+        if cand.is_file():
+            return cand
+    raise InputError(f"{folder}: model.init folder holds no {frames}fm/best.ckpt or best.ckpt "
+                     "(give a finetune output folder or a checkpoint file)")
+
+
+def resolve_init(spec: Any, frames: int) -> InitSource:
+    """Resolve ``model.init`` for a ``frames``-frame model.
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file, or a file that is neither encoder weights nor a segmenter.
+    """
+    from cemkit.finetune.checkpoint import is_segmenter_checkpoint, read_checkpoint
+
+    text = "none" if spec is None else str(spec).strip()
+    if text.lower() in ("", "none", "null", "random"):
+        return InitSource("none")
+    if text.startswith("zoo:"):
+        from cemkit.zoo import resolve
+
+        path = Path(resolve(text))
+    else:
+        path = Path(text).expanduser()
+    if path.is_dir():
+        path = _segmenter_file(path, frames)
+    if not path.exists():
+        raise InputError(f"{path}: model.init file not found")
+    obj = read_checkpoint(path)
+    if is_segmenter_checkpoint(obj):
+        return InitSource("segmenter", path, checkpoint=obj, meta=dict(obj["cemkit"].get("meta") or {}))
+    from cemkit.models.encoders import read_encoder_weights
+
+    weights = read_encoder_weights(obj)
+    weights.meta["source"] = str(path)
+    return InitSource("encoder", path, weights=weights)

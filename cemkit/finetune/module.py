@@ -1,0 +1,177 @@
+"""Thin LightningModule around a :class:`~cemkit.models.deepem3d.DeepEM3DSegmenter`.
+
+Logs ``train/loss`` (+ each loss term) every step and ``val/loss``, ``val/iou`` (binary: foreground
+IoU; multi-class: mean IoU over the foreground classes), ``val/dice``, ``val/precision``,
+``val/recall`` after each validation, with pooled counts from :mod:`cemkit.metrics`. Validation
+overlays (image, label, prediction) go to W&B or PNG files via :func:`cemkit.tracking.log_images`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from cemkit.finetune.checkpoint import segmenter_entry
+from cemkit.finetune.losses import SegmentationLoss
+
+log = logging.getLogger(__name__)
+
+
+def poly_lambda(total_steps: int, power: float = 0.9):
+    """``step -> (1 - step / total_steps) ** power`` (CDeep3M's ``poly`` policy, power 0.8 there)."""
+    def f(step: int) -> float:
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+    return f
+
+
+class SegmentationModule(pl.LightningModule):
+    """Training / validation of a segmenter.
+
+    Parameters
+    ----------
+    model
+        The segmenter (frozen parts already frozen).
+    loss
+        A :class:`SegmentationLoss`.
+    meta
+        Plain dict stored in every checkpoint (``frames``, ``num_classes``, ``norms``, ``arch``, ...).
+    optim
+        Plain dict: ``encoder_lr``, ``decoder_lr``, ``weight_decay``, ``schedule`` (onecycle | poly |
+        constant), ``poly_power``, ``pct_start``.
+    total_steps
+        Optimizer steps of this run (the schedule's length).
+    hparams
+        Plain dict of the run's settings, saved as ``hyper_parameters``.
+    overlays
+        Number of validation items drawn as overlays per validation (0 = none).
+    overlay_dir
+        Where PNG overlays go when the logger is not W&B.
+    """
+
+    def __init__(self, model, loss: SegmentationLoss, meta: dict[str, Any], optim: dict[str, Any], total_steps: int,
+                 hparams: dict[str, Any] | None = None, overlays: int = 2, overlay_dir: str | Path | None = None):
+        super().__init__()
+        self.model, self.loss_fn, self.meta, self.optim_cfg = model, loss, dict(meta), dict(optim)
+        self.total_steps = int(total_steps)
+        self.overlays, self.overlay_dir = int(overlays), overlay_dir
+        self.save_hyperparameters(hparams or {}, logger=False)
+        self.history: list[dict[str, float]] = []
+        self._reset_val()
+
+    # -------------------------------------------------------------------------------- steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits, taps = self.model.forward_with_taps(x)
+        loss, parts = self.loss_fn(logits, y, taps if self.loss_fn.deep_supervision > 0 else None)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    def _reset_val(self) -> None:
+        self._val_loss, self._val_n = 0.0, 0
+        self._counts = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
+        self._confusion = None
+        self._overlay_items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_val()
+
+    def validation_step(self, batch, batch_idx):
+        from cemkit.metrics import binary_counts, confusion_matrix
+
+        x, y, _ = batch
+        logits = self.model(x)
+        loss, _ = self.loss_fn(logits, y)
+        self._val_loss += float(loss) * x.shape[0]
+        self._val_n += x.shape[0]
+        if self.model.out_channels == 1:
+            pred = (logits[:, 0] > 0).cpu().numpy()
+            self._counts += np.asarray(binary_counts(pred, y.cpu().numpy() > 0), dtype=np.int64)
+        else:
+            pred = logits.argmax(1).cpu().numpy()
+            cm = confusion_matrix(pred, y.cpu().numpy(), self.model.num_classes)
+            self._confusion = cm if self._confusion is None else self._confusion + cm
+        if len(self._overlay_items) < self.overlays:
+            centre = x.shape[1] // 2
+            for i in range(min(x.shape[0], self.overlays - len(self._overlay_items))):
+                img = x[i, centre].float().cpu().numpy()
+                img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+                self._overlay_items.append(((img * 255).astype(np.uint8), y[i].cpu().numpy(), pred[i].astype(np.int64)))
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Metrics of the validation run that just finished."""
+        from cemkit.metrics import binary_metrics_from_counts, iou_per_class
+
+        out: dict[str, float] = {"loss": self._val_loss / max(1, self._val_n)}
+        if self.model.out_channels == 1:
+            m = binary_metrics_from_counts(self._counts)
+            out.update({k: float(m[k]) for k in ("iou", "dice", "precision", "recall", "accuracy")})
+        elif self._confusion is not None:
+            ious = iou_per_class(self._confusion)[1:]
+            ious = ious[~np.isnan(ious)]
+            out["iou"] = float(ious.mean()) if ious.size else float("nan")
+            out["accuracy"] = float(np.trace(self._confusion) / max(1, self._confusion.sum()))
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_n == 0:
+            return
+        metrics = self.validation_metrics()
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, prog_bar=k == "iou", sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self.history.append({"step": int(self.global_step), **metrics})
+            log.info("step %d: val/iou %.4f val/loss %.4f", self.global_step, metrics.get("iou", math.nan), metrics["loss"])
+            self._log_overlays()
+
+    def _log_overlays(self) -> None:
+        if not self._overlay_items or self.overlay_dir is None:
+            return
+        from cemkit.tracking import log_images
+
+        try:
+            log_images(self.logger, "val/overlay", [i for i, _, _ in self._overlay_items],
+                       fallback_dir=self.overlay_dir,
+                       masks=[{"ground_truth": y, "prediction": p} for _, y, p in self._overlay_items],
+                       step=int(self.global_step))
+        except Exception as exc:  # noqa: BLE001 - overlays are a convenience, never fail training
+            log.warning("could not log validation overlays: %s", exc)
+
+    # -------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        enc, dec = self.model.parameter_groups()
+        groups = []
+        if enc and float(c["encoder_lr"]) > 0:
+            groups.append({"params": enc, "lr": float(c["encoder_lr"]), "name": "encoder"})
+        elif enc:
+            for p in enc:
+                p.requires_grad_(False)
+        groups.append({"params": dec, "lr": float(c["decoder_lr"]), "name": "decoder"})
+        opt = torch.optim.AdamW(groups, weight_decay=float(c.get("weight_decay", 1e-4)))
+        schedule = str(c.get("schedule", "onecycle")).lower()
+        if schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[g["lr"] for g in groups], total_steps=max(2, self.total_steps),
+                pct_start=float(c.get("pct_start", 0.3)))
+        elif schedule == "poly":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(self.total_steps, float(c.get("poly_power", 0.9))))
+        elif schedule == "constant":
+            return opt
+        else:
+            raise ValueError(f"unknown schedule {schedule!r} (onecycle, poly, constant)")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cemkit"] = segmenter_entry(self.model, self.meta)

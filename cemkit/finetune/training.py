@@ -1,0 +1,264 @@
+"""One finetune run (one frame count) from a composed config: model, data, Lightning fit, checkpoints.
+
+Output of a run in ``out_dir``: ``best.ckpt`` (best ``val/iou``), ``last.ckpt``, ``logs/``
+(CSV metrics by default), ``overlays/`` (PNG validation overlays unless the logger is W&B) and
+``result.json`` (written last: its presence marks the run as finished; a finished run is skipped
+when the command is run again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cemkit.errors import ConfigError, InputError
+from cemkit.finetune.data import (LabelledVolume, PatchDataset, SliceDataset, build_augmentation, intensity_norms,
+                                  read_labelled_volume, split_validation)
+from cemkit.finetune.initialization import InitSource, resolve_init
+from cemkit.finetune.losses import SegmentationLoss
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class FinetuneData:
+    """Training and validation volumes (shared by the 1/3/5fm runs of one command)."""
+
+    train: list[LabelledVolume]
+    val: list[LabelledVolume]
+
+
+def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
+    """Read training (and validation) volumes; hold out the last ``data.val_slices`` labelled
+    slices when no separate validation data is given."""
+    vol = read_labelled_volume(data_cfg.images, data_cfg.labels, int(data_cfg.num_classes), frames=frames,
+                               image_key=data_cfg.get("image_key"), label_key=data_cfg.get("label_key"))
+    if data_cfg.get("val_images"):
+        if not data_cfg.get("val_labels"):
+            raise ConfigError("data.val_images needs data.val_labels")
+        val = read_labelled_volume(data_cfg.val_images, data_cfg.val_labels, int(data_cfg.num_classes),
+                                   frames=frames, image_key=data_cfg.get("image_key"),
+                                   label_key=data_cfg.get("label_key"))
+        train = vol
+    else:
+        train, val = split_validation(vol, int(data_cfg.val_slices))
+    fraction = data_cfg.get("train_fraction")
+    if fraction is not None and float(fraction) < 1.0:
+        train = subsample_slices(train, float(fraction))
+    return FinetuneData([train], [val])
+
+
+def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:
+    """Keep an evenly spaced ``fraction`` of the labelled slices (at least one)."""
+    n = len(vol.slices)
+    k = max(1, round(n * fraction))
+    pick = sorted({int(round(i * (n - 1) / max(1, k - 1))) for i in range(k)}) if k > 1 else [n // 2]
+    log.info("using %d of %d labelled training slices (data.train_fraction=%g)", len(pick), n, fraction)
+    return vol.subset(vol.slices[pick])
+
+
+def plain(cfg: Any) -> Any:
+    """A resolved plain-python copy of a config node (for checkpoints loaded with weights_only)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_model(cfg: DictConfig, frames: int, init: InitSource):
+    """Create the segmenter for ``frames`` from ``cfg.model`` and the resolved ``model.init``.
+
+    Returns ``(model, norms or None, load_report)``.
+    """
+    from cemkit.finetune.checkpoint import segmenter_from_checkpoint
+    from cemkit.models.deepem3d import build_segmenter
+
+    num_classes = int(cfg.data.num_classes)
+    if init.kind == "segmenter":
+        model, meta = segmenter_from_checkpoint(init.checkpoint, str(init.path))
+        if model.frames != frames:
+            raise ConfigError(f"{init.path}: the checkpoint is a {model.frames}fm model but model.frames={frames}")
+        if model.num_classes != num_classes:
+            raise ConfigError(f"{init.path}: the checkpoint has num_classes={model.num_classes} but "
+                              f"data.num_classes={num_classes}")
+        n = len(model.state_dict())
+        return model, meta.get("norms"), {"source": str(init.path), "kind": "segmenter", "loaded": n,
+                                          "missing": [], "unexpected": []}
+    m = cfg.model
+    model, report = build_segmenter(
+        str(m.encoder.arch), frames, num_classes, weights=init.weights,
+        timm_pretrained=bool(m.encoder.get("timm_pretrained", False)) and init.kind == "none",
+        decoder_width=m.get("decoder_width"), dilations=list(m.dilations),
+        dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu))
+    norms = init.weights.norms if init.kind == "encoder" else None
+    if init.kind == "none" and bool(m.encoder.get("timm_pretrained", False)):
+        norms = (0.449, 0.226)  # ImageNet mean/std averaged over RGB
+    if report:
+        report["kind"] = "encoder"
+    return model, norms, report
+
+
+def _logger_for(logger_cfg: DictConfig | None, out_dir: Path, run_name: str):
+    from cemkit.tracking import build_logger
+
+    if logger_cfg is None:
+        return None
+    cfg = plain(logger_cfg) or {}
+    if not cfg.get("_target_"):
+        return None
+    if "save_dir" in cfg:
+        cfg["save_dir"] = str(out_dir)
+    if cfg["_target_"].endswith("WandbLogger"):
+        cfg["name"] = f"{cfg.get('name') or 'finetune'}-{run_name}"
+    return build_logger(cfg)
+
+
+def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
+    if spec in (None, "", "none"):
+        return None
+    if str(spec) == "last":
+        last = out_dir / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("no %s yet: starting from scratch", last)
+        return None
+    path = Path(str(spec))
+    if not path.is_file():
+        raise InputError(f"{path}: ckpt_path not found")
+    return str(path)
+
+
+def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -> dict[str, Any]:
+    """Train one ``frames``-frame model into ``out_dir``; returns the run's result dict."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from cemkit.finetune.module import SegmentationModule
+    from cemkit.tracking import build_trainer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / RESULT_FILE
+    resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
+    if result_path.is_file() and resume is None and not cfg.get("overwrite", False):
+        log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
+        return json.loads(result_path.read_text())
+
+    pl.seed_everything(int(cfg.seed), workers=True)
+    init = resolve_init(cfg.model.get("init"), frames)
+    model, init_norms, report = build_model(cfg, frames, init)
+    frozen = model.freeze_encoder(cfg.model.get("freeze_encoder", "none"))
+    if frozen:
+        log.info("frozen encoder modules: %d (BatchNorm kept in eval mode)", len(frozen))
+
+    if cfg.data.get("norms") is not None:
+        norms = tuple(float(v) for v in cfg.data.norms)
+        norms_source = "data.norms"
+    elif init_norms is not None:
+        norms, norms_source = tuple(float(v) for v in init_norms), f"model.init ({init.kind})"
+    else:
+        import numpy as np
+
+        norms = intensity_norms(np.concatenate([v.image[v.slices].ravel() for v in data.train]))
+        norms_source = "training images"
+    log.info("%dfm: input norms mean %.4f std %.4f (from %s)", frames, norms[0], norms[1], norms_source)
+
+    steps = int(cfg.trainer.max_steps)
+    if steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0, got {steps}")
+    val_every = max(1, min(int(cfg.val.every), steps))
+    epochs = math.ceil(steps / val_every)
+    total = epochs * val_every
+    if total != steps:
+        log.info("trainer.max_steps %d rounded up to %d so the run ends with a validation (val.every=%d)",
+                 steps, total, val_every)
+    d = cfg.data
+    train_ds = PatchDataset(data.train, frames, int(d.crop), val_every * int(d.batch_size), norms,
+                            background_keep=float(d.background_keep),
+                            augment=build_augmentation(bool(d.augment), bool(d.get("photometric", True))))
+    val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
+    workers = int(d.num_workers)
+    train_dl = DataLoader(train_ds, batch_size=int(d.batch_size), shuffle=False, drop_last=True,
+                          num_workers=workers, persistent_workers=workers > 0)
+    val_dl = DataLoader(val_ds, batch_size=int(cfg.val.batch_size), shuffle=False, num_workers=0)
+
+    l = cfg.loss
+    loss = SegmentationLoss(dict(plain(l.terms)), int(d.num_classes),
+                            class_weights=None if l.get("class_weights") is None else list(l.class_weights),
+                            auto_balance=bool(l.auto_balance), focal_gamma=float(l.focal_gamma),
+                            deep_supervision=float(l.deep_supervision))
+    meta = {"frames": frames, "num_classes": int(d.num_classes), "norms": [float(norms[0]), float(norms[1])],
+            "arch": model.arch, "norms_source": norms_source, "init": str(cfg.model.get("init")),
+            "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.get("class_names"))}
+    hparams = {"config": plain(cfg), "frames": frames}
+    module = SegmentationModule(model, loss, meta, dict(plain(cfg.optim)), total, hparams=hparams,
+                                overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")
+
+    ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou", mode="max", save_top_k=1,
+                              save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    logger = _logger_for(cfg.get("logger"), out_dir, f"{frames}fm")
+    callbacks: list[Any] = [ckpt_cb]
+    if logger is not None:
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
+                            max_steps=total, max_epochs=epochs, check_val_every_n_epoch=1,
+                            val_check_interval=None, num_sanity_val_steps=0,
+                            log_every_n_steps=min(int(cfg.trainer.get("log_every_n_steps", 10)), val_every))
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+
+    best = ckpt_cb.best_model_score
+    result = {"frames": frames, "steps": int(trainer.global_step), "best_iou": None if best is None else float(best),
+              "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
+              "history": module.history, "norms": list(norms), "init": meta["init"], "init_kind": init.kind,
+              "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
+    _write_json(result_path, result)
+    return result
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def frames_list(value: Any) -> list[int]:
+    """``model.frames``: 1, 3, 5 (any odd number) or ``all`` (= 1, 3, 5)."""
+    if str(value).lower() == "all":
+        return [1, 3, 5]
+    try:
+        f = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.frames must be 1, 3, 5 or all, got {value!r}") from exc
+    if f < 1 or f % 2 == 0:
+        raise ConfigError(f"model.frames must be odd (1, 3, 5) or all, got {value!r}")
+    return [f]
+
+
+def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
+    """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``."""
+    frames = frames_list(cfg.model.frames)
+    out = Path(str(cfg.output))
+    data = load_data(cfg.data, max(frames))
+    results: dict[int, dict[str, Any]] = {}
+    for f in frames:
+        results[f] = train_one(cfg, f, data, out / f"{f}fm")
+    return results
+
+
+def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequence[str]:
+    lines = [f"cemkit finetune -> {out}"]
+    for f, r in results.items():
+        best = r.get("best_iou")
+        lines.append(f"  {f}fm: best val IoU {best:.4f} after {r.get('steps')} steps -> {r.get('best_checkpoint')}"
+                     if best is not None else f"  {f}fm: {r.get('steps')} steps (no validation) -> {r.get('last_checkpoint')}")
+    return lines

@@ -1,0 +1,57 @@
+"""Pure segmentation metrics (numpy in, python floats out).
+
+- :mod:`cemkit.metrics.pixel`: pooled pixel/voxel metrics (IoU, Dice/F1, precision, recall,
+  accuracy, specificity, confusion matrix, mean IoU) and :func:`per_image` averaging (CEM500K 2D
+  protocol) -- every other function pools over the whole array it is given.
+- :mod:`cemkit.metrics.rand`: foreground-restricted V_rand / V_info of the ISBI 2012 challenge,
+  with optional border thinning and connected-component labelling of binary masks.
+- :mod:`cemkit.metrics.objects`: one-to-one instance matching and object precision/recall/F1.
+
+Everything is importable from ``cemkit.metrics`` directly.
+"""
+
+from cemkit.metrics.objects import InstanceMatches, match_instances, object_scores
+from cemkit.metrics.pixel import (
+    BinaryCounts,
+    accuracy,
+    binary_counts,
+    binary_metrics,
+    binary_metrics_from_counts,
+    confusion_matrix,
+    dice,
+    f1,
+    foreground_iou,
+    iou_per_class,
+    mean_iou,
+    per_image,
+    precision,
+    recall,
+    specificity,
+)
+from cemkit.metrics.rand import contingency_table, info_scores, label_components, rand_scores, thin_borders
+
+__all__ = [
+    "BinaryCounts",
+    "InstanceMatches",
+    "accuracy",
+    "binary_counts",
+    "binary_metrics",
+    "binary_metrics_from_counts",
+    "confusion_matrix",
+    "contingency_table",
+    "dice",
+    "f1",
+    "foreground_iou",
+    "info_scores",
+    "iou_per_class",
+    "label_components",
+    "match_instances",
+    "mean_iou",
+    "object_scores",
+    "per_image",
+    "precision",
+    "rand_scores",
+    "recall",
+    "specificity",
+    "thin_borders",
+]

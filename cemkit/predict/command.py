@@ -1,0 +1,38 @@
+"""`cemkit predict`: the Hydra entry point (config: conf/predict.yaml)."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from cemkit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def settings_from_cfg(cfg: DictConfig):
+    """:class:`~cemkit.predict.runner.PredictSettings` from the composed config."""
+    from dataclasses import fields
+
+    from cemkit.predict.runner import PredictSettings
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    kwargs = {f.name: data[f.name] for f in fields(PredictSettings) if f.name in data}
+    if kwargs.get("weights") is not None and not isinstance(kwargs["weights"], list):
+        raise ConfigError(f"weights must be a list such as weights=[1,1,2], got {kwargs['weights']!r}")
+    return PredictSettings(**kwargs)
+
+
+def run(cfg: DictConfig) -> None:
+    from cemkit.predict.runner import run_prediction
+
+    settings = settings_from_cfg(cfg)
+    checkpoint = OmegaConf.to_container(cfg.checkpoint) if OmegaConf.is_list(cfg.checkpoint) else cfg.checkpoint
+    record = run_prediction(cfg.input, cfg.output, checkpoint, settings=settings, input_key=cfg.input_key)
+    if record.get("outputs"):
+        t = record["timings"]
+        print(f"cemkit predict: {len(record['models'])} model(s), {record['objects']} objects, "
+              f"{t['total_s']:.1f} s -> {cfg.output}")
+        for name, path in record["outputs"].items():
+            print(f"  {name:<13} {path}")

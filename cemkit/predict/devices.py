@@ -1,0 +1,77 @@
+"""Device choice, mixed precision and multi-process (torchrun) layout of a prediction.
+
+Several GPUs: launch with ``torchrun --nproc_per_node=N -m cemkit.cli.main predict ...``. Each rank
+(``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) takes slabs ``i % WORLD_SIZE == RANK``, runs
+them on ``cuda:LOCAL_RANK`` and writes its own, disjoint z-chunks of the same zarr arrays (chunk
+depth = slab size, so no two ranks touch one chunk). Rank 0 creates the arrays first and does the
+post-processing after a barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from cemkit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank layout from the torchrun environment (single process when it is not set)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return DistInfo(rank, world, local)
+
+
+def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``cpu``, ``cuda``/``gpu``
+    (-> ``cuda:LOCAL_RANK``) and ``cuda:N`` are taken as given."""
+    spec = str(spec or "auto").lower()
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if spec in ("cuda", "gpu"):
+        spec = f"cuda:{local_rank}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu or auto")
+    try:
+        return torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={spec}: not a torch device ({exc})") from exc
+
+
+def init_distributed(info: DistInfo, device: torch.device) -> bool:
+    """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, else gloo)."""
+    if info.world <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        logger.info("rank %d of %d on %s", info.rank, info.world, device)
+    return True
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,53 @@
+"""Resume bookkeeping: which units of work (slabs, steps) of a prediction are finished.
+
+The record is a small JSON file in the output folder, rewritten atomically (temporary file +
+``os.replace``) after every finished unit, together with a signature of everything that determines
+the output (input, models, settings). A rerun with the same signature skips the finished units; a
+different signature starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class ProgressLog:
+    """Finished work units (strings such as ``"xy:3"``) of one run, persisted in ``path``."""
+
+    def __init__(self, path: str | Path, signature: dict[str, Any], resume: bool = True):
+        self.path = Path(path)
+        self.signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
+        self.done: set[str] = set()
+        self.resumed = False
+        if resume and self.path.is_file():
+            try:
+                state = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                state = {}
+            if state.get("signature") == self.signature:
+                self.done = set(state.get("done", []))
+                self.resumed = bool(self.done)
+
+    def is_done(self, unit: str) -> bool:
+        return unit in self.done
+
+    def finished(self, prefix: str) -> set[int]:
+        """Indices ``i`` of the finished units named ``f"{prefix}:{i}"``."""
+        return {int(u.split(":", 1)[1]) for u in self.done if u.startswith(prefix + ":")}
+
+    def mark(self, unit: str) -> None:
+        self.done.add(unit)
+        self.save()
+
+    def reset(self) -> None:
+        self.done = set()
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"signature": self.signature, "done": sorted(self.done)}, indent=1))
+        os.replace(tmp, self.path)

@@ -1,0 +1,373 @@
+"""`cemkit predict` end to end: models + volume -> probabilities, mask, labels, objects, overlays.
+
+Output layout (``OUTPUT/``)::
+
+    probabilities.zarr   (z, y, x) foreground probability, float16 or uint8 (x255); (c, z, y, x) for C > 2 classes
+    mask.zarr            (z, y, x) uint8: 0/1 (binary, probability > threshold) or the arg-max class
+    labels.zarr          (z, y, x) uint32 instances (3-D connected components, optional watershed split)
+    objects.csv          id, voxels, centroid, bounding box, mean probability (+ nm columns with a voxel size)
+    overlays/*.png       a few slices with the objects drawn on the image
+    predict.json         settings, models, input, timings
+    .progress.json       resume record (finished slabs)
+
+With ``output_format=tif`` the three volumes are ``*.tif`` stacks, with ``png`` folders of PNGs
+(labels stay a tif stack: PNG cannot hold uint32); the zarr working copies then live in
+``OUTPUT/.work/`` until the run has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cemkit.errors import ConfigError, InputError
+from cemkit.predict import devices
+from cemkit.predict.ensemble import METHODS, normalised_weights
+from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
+from cemkit.predict.orthoplane import VIEWS, AxisView, average_views
+from cemkit.predict.postprocess import (label_components, object_table, split_touching, threshold_mask,
+                                        watershed_bytes, write_table_csv)
+from cemkit.predict.progress import ProgressLog
+from cemkit.predict.streaming import SlabPredictor, TileSettings, run_slabs, slab_ranges
+from cemkit.predict.tiling import BLENDING_MODES
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("zarr", "tif", "png")
+PROB_DTYPES = ("float16", "uint8", "float32")
+
+
+@dataclass
+class PredictSettings:
+    """Every knob of a prediction (the keys of ``conf/predict.yaml`` besides input/output/checkpoint)."""
+
+    tile_size: int = 512
+    overlap: float = 0.25
+    blending: str = "gaussian"
+    sigma_scale: float = 0.125
+    border: int = 32
+    batch_size: int = 4
+    slab_size: int = 8
+    tta: int = 0
+    ensemble: str = "mean"
+    weights: list[float] | None = None
+    orthoplane: bool = False
+    threshold: float = 0.5
+    prob_dtype: str = "float16"
+    output_format: str = "zarr"
+    instances: bool = True
+    watershed: bool = False
+    watershed_h: float = 2.0
+    connectivity: int = 1
+    min_size: int = 0
+    overlays: int = 4
+    device: str = "auto"
+    amp: bool = True
+    resume: bool = True
+    progress: bool = True
+
+    def check(self, n_models: int) -> None:
+        problems = []
+        if self.tile_size < 8:
+            problems.append(f"tile_size={self.tile_size} (must be >= 8)")
+        if not 0 <= self.overlap < 1:
+            problems.append(f"overlap={self.overlap} (must be in [0, 1))")
+        if self.blending not in BLENDING_MODES:
+            problems.append(f"blending={self.blending!r} (one of {BLENDING_MODES})")
+        if self.tta not in (0, 1, 2, 4, 8, 16):
+            problems.append(f"tta={self.tta} (one of 0, 2, 4, 8, 16)")
+        if self.ensemble not in METHODS:
+            problems.append(f"ensemble={self.ensemble!r} (one of {METHODS})")
+        if self.prob_dtype not in PROB_DTYPES:
+            problems.append(f"prob_dtype={self.prob_dtype!r} (one of {PROB_DTYPES})")
+        if self.output_format not in OUTPUT_FORMATS:
+            problems.append(f"output_format={self.output_format!r} (one of {OUTPUT_FORMATS})")
+        if self.batch_size < 1 or self.slab_size < 1:
+            problems.append("batch_size and slab_size must be >= 1")
+        if self.connectivity not in (1, 2, 3):
+            problems.append(f"connectivity={self.connectivity} (1, 2 or 3)")
+        if problems:
+            raise ConfigError("predict: bad settings: " + "; ".join(problems))
+        try:
+            normalised_weights(n_models, self.ensemble, self.weights)
+        except ValueError as exc:
+            raise ConfigError(f"predict: {exc}") from exc
+
+    def tile_settings(self) -> TileSettings:
+        return TileSettings(self.tile_size, self.overlap, self.blending, self.sigma_scale, self.border,
+                            self.batch_size, self.tta)
+
+
+def quantize(prob: np.ndarray, dtype: str) -> np.ndarray:
+    """Probabilities in [0, 1] as stored: float16/float32, or uint8 scaled by 255 (rounded)."""
+    if dtype == "uint8":
+        return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+    return prob.astype(dtype)
+
+
+def output_channels(models: Sequence[Segmenter], device: torch.device) -> int:
+    """Probability channels of the models (checked to agree) from a small probe forward pass."""
+    channels = set()
+    with torch.inference_mode():
+        for m in models:
+            x = torch.zeros(1, m.frames, 64, 64, device=device)
+            channels.add(int(m.proba(x).shape[1]))
+    if len(channels) != 1:
+        raise InputError(f"the checkpoints predict different numbers of classes {sorted(channels)}; "
+                         "an ensemble needs models of the same task")
+    return channels.pop()
+
+
+def _chunks(shape: tuple[int, ...], slab: int, channels: bool) -> tuple[int, ...]:
+    core = (slab, min(512, shape[-2]), min(512, shape[-1]))
+    return ((1,) if channels else ()) + core
+
+
+def _write_prob(store, z0: int, z1: int, chw: np.ndarray, dtype: str) -> None:
+    q = quantize(chw, dtype)
+    if store.ndim == 4:
+        store[:, z0:z1] = q
+    else:
+        store[z0:z1] = q[0]
+
+
+def _array_view(array, name: str = "array", voxel_size: Any = None):
+    """A lazy (z, y, x) :class:`cemkit.io.Volume` over a zarr array, so writers stream it."""
+    from cemkit.io import Volume
+
+    class ZarrView(Volume):
+        def _read(self, zs, ys, xs):
+            return np.asarray(array[zs, ys, xs])
+
+    return ZarrView(array.shape, array.dtype, voxel_size, name, name)
+
+
+def _model_record(m: Segmenter, path: Path | None) -> dict:
+    rec = m.describe()
+    if path is not None:
+        st = path.stat()
+        rec.update(path=str(path.resolve()), bytes=st.st_size, mtime=int(st.st_mtime))
+    return rec
+
+
+def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
+                   models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
+                   input_key: str | None = None) -> dict:
+    """Predict a volume and write the outputs listed in the module docstring.
+
+    Parameters
+    ----------
+    input_path : str or Path
+        Anything :func:`cemkit.io.open_volume` opens (tif, png folder, zarr, h5, mrc, npy, ...).
+    output : str or Path
+        Output folder.
+    checkpoint : str or list, optional
+        Checkpoint spec(s) (see :func:`cemkit.predict.models.resolve_checkpoints`).
+    models : sequence of Segmenter, optional
+        Already-built models (instead of ``checkpoint``; used by tests and benchmarks).
+    settings : PredictSettings
+    input_key : str, optional
+        Dataset inside an HDF5/zarr container.
+
+    Returns
+    -------
+    dict
+        The ``predict.json`` record.
+    """
+    from cemkit.io import create_zarr, open_volume, write_png_folder, write_tif_stack
+
+    s = settings or PredictSettings()
+    info = devices.dist_info()
+    device = devices.select_device(s.device, info.local_rank)
+    devices.init_distributed(info, device)
+    output = Path(output)
+    t_start = time.perf_counter()
+
+    paths: list[Path | None]
+    if models is None:
+        ckpts = resolve_checkpoints(checkpoint)
+        models = load_segmenters(ckpts, device)
+        paths = list(ckpts)
+    else:
+        models = list(models)
+        for m in models:
+            m.module.to(device).eval()
+        paths = [None] * len(models)
+    s.check(len(models))
+    if s.output_format == "png" and s.prob_dtype != "uint8":
+        logger.info("output_format=png: probabilities are written as uint8 (x255)")
+        s.prob_dtype = "uint8"
+
+    vol = open_volume(input_path, key=input_key)
+    src = vol.as_uint8()
+    depth, height, width = vol.shape
+    channels = output_channels(models, device)
+    multi = channels > 1
+    logger.info("input %s: shape %s, voxel size %s; %d model(s), %d channel(s), device %s",
+                input_path, vol.shape, vol.voxel_size, len(models), channels, device)
+
+    record_models = [_model_record(m, p) for m, p in zip(models, paths)]
+    signature = {
+        "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
+        "models": record_models, "world": info.world,
+        "settings": {k: v for k, v in asdict(s).items()
+                     if k not in ("device", "amp", "resume", "progress", "batch_size")},
+    }
+    progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
+    log = ProgressLog(output / progress_name, signature, resume=s.resume)
+    if log.resumed:
+        logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
+    fresh = not log.resumed
+    work = output if s.output_format == "zarr" else output / ".work"
+    vs = vol.voxel_size
+
+    def make(path: Path, shape, dtype, chunk_channels: bool = False):
+        return create_zarr(path, shape, dtype, _chunks(shape, s.slab_size, chunk_channels), voxel_size=vs,
+                           overwrite=fresh and info.is_main)
+
+    prob_shape = ((channels,) if multi else ()) + (depth, height, width)
+    arrays = {}
+    view_stores = {}
+    if info.is_main:
+        if fresh:
+            log.reset()
+        output.mkdir(parents=True, exist_ok=True)
+    for step in (0, 1):  # rank 0 creates, the others reopen after the barrier
+        if (step == 0) == info.is_main:
+            arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
+            arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
+            if s.orthoplane:
+                for name, order in VIEWS.items():
+                    shape = ((channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
+                    view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
+        devices.barrier()
+
+    predictor = SlabPredictor(models, s.tile_settings(), device, s.amp, s.ensemble, s.weights, s.threshold)
+    stats: dict[str, Any] = {}
+
+    def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
+        _write_prob(arrays["prob"], z0, z1, chw, s.prob_dtype)
+        arrays["mask"][z0:z1] = threshold_mask(chw, s.threshold)
+
+    t0 = time.perf_counter()
+    if not s.orthoplane:
+        stats["xy"] = run_slabs(
+            predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
+            skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
+            world=info.world, progress=s.progress, desc="predict")
+    else:
+        for name, order in VIEWS.items():
+            store = view_stores[name]
+
+            def sink(a: int, b: int, p: np.ndarray, store=store) -> None:
+                if store.ndim == 4:
+                    store[:, a:b] = p.transpose(1, 0, 2, 3)
+                else:
+                    store[a:b] = p[:, 0]
+
+            stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
+                                    skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
+                                    rank=info.rank, world=info.world, progress=s.progress,
+                                    desc=f"predict {name}")
+        devices.barrier()
+        for i, (z0, z1) in enumerate(slab_ranges(depth, s.slab_size)):
+            if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
+                write_final(z0, z1, average_views(view_stores, z0, z1, multi))
+                log.mark(f"avg:{i}")
+    predict_s = time.perf_counter() - t0
+    devices.barrier()
+
+    record = {
+        "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
+                  "voxel_size": list(vs) if vs else None},
+        "models": record_models, "settings": asdict(s), "device": str(device), "world": info.world,
+        "channels": channels, "resumed": log.resumed,
+        "timings": {"predict_s": round(predict_s, 3),
+                    "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
+                    if predict_s > 0 and not log.resumed else None},
+    }
+    if not info.is_main:
+        return record
+
+    t1 = time.perf_counter()
+    outputs: dict[str, str] = {}
+    n_objects = None
+    if s.instances:
+        arrays["labels"] = create_zarr(work / "labels.zarr", (depth, height, width), "uint32",
+                                       _chunks((depth, height, width), s.slab_size, False), voxel_size=vs,
+                                       overwrite=True)
+        if s.watershed:
+            need = watershed_bytes((depth, height, width))
+            import psutil
+
+            avail = psutil.virtual_memory().available
+            if need > 0.8 * avail:
+                raise ConfigError(f"watershed=true works in memory and needs about {need / 2**30:.1f} GiB, "
+                                  f"{avail / 2**30:.1f} GiB are free; use watershed=false (slab-wise components)")
+            labels = split_touching(np.asarray(arrays["mask"][:]) > 0, vs, h=s.watershed_h,
+                                    connectivity=s.connectivity, min_size=s.min_size)
+            for z0, z1 in slab_ranges(depth, s.slab_size):
+                arrays["labels"][z0:z1] = labels[z0:z1]
+            n_objects = int(labels.max(initial=0))
+            del labels
+        else:
+            n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=max(s.slab_size, 16),
+                                         connectivity=s.connectivity, min_size=s.min_size)
+        table = object_table(arrays["labels"], slab_size=max(s.slab_size, 16),
+                             probabilities=None if multi else arrays["prob"],
+                             prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
+        outputs["objects"] = str(write_table_csv(output / "objects.csv", table, vs))
+        logger.info("%d objects", n_objects)
+    if s.overlays > 0:
+        from cemkit.predict.overlays import write_overlays
+
+        shown = arrays.get("labels", arrays["mask"])
+        overlay_dir = output / "overlays"
+        if overlay_dir.exists():
+            shutil.rmtree(overlay_dir)
+        write_overlays(src, shown, overlay_dir, s.overlays)
+        outputs["overlays"] = str(overlay_dir)
+
+    names = {"prob": "probabilities", "mask": "mask", "labels": "labels"}
+    for key, name in names.items():
+        if key not in arrays:
+            continue
+        if s.output_format == "zarr":
+            outputs[name] = str(work / f"{name}.zarr")
+            continue
+        arr = arrays[key]
+        if arr.ndim == 4:
+            logger.info("%d-class probabilities stay in zarr: %s", channels, work / f"{name}.zarr")
+            dest = output / f"{name}.zarr"
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(work / f"{name}.zarr", dest)
+            outputs[name] = str(dest)
+            continue
+        view = _array_view(arr, name=name, voxel_size=vs)
+        if s.output_format == "tif" or key == "labels":
+            outputs[name] = str(write_tif_stack(output / f"{name}.tif", view, voxel_size=vs))
+        else:
+            outputs[name] = str(write_png_folder(output / name, view))
+    if s.output_format != "zarr":  # the working zarrs are gone: a rerun starts afresh
+        shutil.rmtree(work, ignore_errors=True)
+        log.path.unlink(missing_ok=True)
+    if s.orthoplane and s.output_format == "zarr":
+        shutil.rmtree(work / ".views", ignore_errors=True)
+    record["timings"]["postprocess_s"] = round(time.perf_counter() - t1, 3)
+    record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+    record["objects"] = n_objects
+    record["outputs"] = outputs
+    tmp = output / f".predict.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, output / "predict.json")
+    return record

@@ -1,0 +1,190 @@
+"""Slab-by-slab inference: read a z-slab plus its frame halo, run all tiles, hand finished slabs on.
+
+Memory is bounded by the slab (``slab_size`` planes plus the z halo, reflect-padded in y/x), the
+per-slab accumulators and one tile batch -- never by the volume, which is only ever indexed
+``source[z0:z1]`` (a lazy :class:`cemkit.io.Volume`, a zarr array or a numpy array all work).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from cemkit.predict.ensemble import RunningEnsemble
+from cemkit.predict.models import Segmenter
+from cemkit.predict.tiling import PlaneGeometry, blending_weights, plane_geometry, reflect_pad, weight_sum
+from cemkit.predict.tta import select_variants, tta_apply
+
+logger = logging.getLogger(__name__)
+
+
+def reflect_index(i: int | np.ndarray, n: int) -> np.ndarray:
+    """Map indices outside ``[0, n)`` back inside by mirroring without repeating the end plane.
+
+    ``-1 -> 1``, ``-2 -> 2``, ``n -> n - 2`` (CDeep3M v1 z padding ``3, 2 | stack | end-1, end-2``);
+    periodic for indices far outside. ``n == 1`` maps everything to 0.
+    """
+    i = np.asarray(i, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i >= n, period - i, i)
+
+
+def frame_indices(z: int, depth: int, frames: int) -> np.ndarray:
+    """The ``frames`` z indices a k-frame model reads for output plane ``z`` of a ``depth``-plane stack.
+
+    Centred on ``z`` (``z - frames // 2 .. z + frames // 2``) and mirror-padded at the stack ends,
+    exactly as in training (:func:`cemkit.finetune.data.frame_indices`); stacks shorter than
+    ``frames // 2 + 1`` planes (e.g. a single image for a 5fm model) are mirrored periodically.
+    """
+    from cemkit.finetune.data import frame_indices as training_frame_indices, min_slices
+
+    if frames < 1 or frames % 2 == 0:
+        raise ValueError(f"frames must be odd and >= 1, got {frames}")
+    if depth >= min_slices(frames):
+        return training_frame_indices(z, depth, frames)
+    half = frames // 2
+    return reflect_index(np.arange(z - half, z + half + 1), depth)
+
+
+def slab_ranges(depth: int, slab_size: int) -> list[tuple[int, int]]:
+    """``[z0, z1)`` of consecutive slabs of ``slab_size`` planes (the last one may be shorter)."""
+    if slab_size < 1:
+        raise ValueError(f"slab_size must be >= 1, got {slab_size}")
+    return [(z0, min(z0 + slab_size, depth)) for z0 in range(0, depth, slab_size)]
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How planes are tiled and each tile is predicted."""
+
+    tile_size: int = 512
+    overlap: float = 0.25
+    blending: str = "gaussian"
+    sigma_scale: float = 0.125
+    border: int = 0
+    batch_size: int = 4
+    tta: int = 0
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """Mixed precision on CUDA when ``amp`` (float16 autocast); a no-op context elsewhere."""
+    enabled = bool(amp) and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
+
+
+class SlabPredictor:
+    """Predicts ``(S, C, H, W)`` float32 probabilities for planes ``z0:z1`` of a ``(Z, H, W)`` uint8 source.
+
+    Every model sees its own k-frame context (mirror-padded at the stack ends) and its own intensity
+    normalisation; tiles of all planes of the slab are batched together through the model, each batch
+    through all TTA variants, and blended into a per-slab accumulator that is normalised by the summed
+    weights. Models are combined with :class:`~cemkit.predict.ensemble.RunningEnsemble`.
+    """
+
+    def __init__(self, models: Sequence[Segmenter], settings: TileSettings = TileSettings(),
+                 device: torch.device | str = "cpu", amp: bool = True, ensemble: str = "mean",
+                 weights: Sequence[float] | None = None, threshold: float = 0.5):
+        if not models:
+            raise ValueError("SlabPredictor needs at least one model")
+        self.models = list(models)
+        self.settings = settings
+        self.device = torch.device(device)
+        self.amp = amp
+        self.ensemble = ensemble
+        self.weights = weights
+        self.threshold = threshold
+        self.weights_map = blending_weights(settings.tile_size, settings.blending, settings.sigma_scale)
+        self.variants = {m.frames: select_variants(settings.tta, m.frames) for m in self.models}
+        self._geometry: dict[tuple[int, int], tuple[PlaneGeometry, np.ndarray]] = {}
+        self.max_frames = max(m.frames for m in self.models)
+
+    def geometry(self, height: int, width: int) -> tuple[PlaneGeometry, np.ndarray]:
+        key = (height, width)
+        if key not in self._geometry:
+            s = self.settings
+            g = plane_geometry(height, width, s.tile_size, s.overlap, s.border)
+            self._geometry[key] = (g, weight_sum(g, self.weights_map))
+        return self._geometry[key]
+
+    def _model_fn(self, model: Segmenter) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            with autocast_context(self.device, self.amp):
+                return model.proba(x)
+        return fn
+
+    @torch.inference_mode()
+    def predict_slab(self, source, z0: int, z1: int) -> np.ndarray:
+        depth, height, width = (int(v) for v in source.shape[:3])
+        geom, wsum = self.geometry(height, width)
+        t = self.settings.tile_size
+        # one contiguous read covers the z halo of every plane of the slab (mirror-padded indices)
+        needed = np.concatenate([frame_indices(z, depth, self.max_frames) for z in range(z0, z1)])
+        lo, hi = int(needed.min()), int(needed.max()) + 1
+        block = np.asarray(source[lo:hi])
+        if block.dtype != np.uint8:
+            raise TypeError(f"predict expects uint8 planes, got {block.dtype}")
+        padded = reflect_pad(block, geom)
+        del block
+        positions = [(j, y, x) for j in range(z1 - z0) for (y, x) in geom.positions]
+        ens = RunningEnsemble(len(self.models), self.ensemble, self.weights, self.threshold)
+        bs = max(1, int(self.settings.batch_size))
+        for model in self.models:
+            ctx = np.stack([frame_indices(z, depth, model.frames) - lo for z in range(z0, z1)])
+            mean, std = (np.float32(v) for v in model.norms)
+            fn = self._model_fn(model)
+            variants = self.variants[model.frames]
+            acc = None
+            for b in range(0, len(positions), bs):
+                batch = positions[b:b + bs]
+                tiles = np.stack([padded[ctx[j], y:y + t, x:x + t] for j, y, x in batch])
+                x_in = torch.from_numpy(tiles).to(self.device, non_blocking=True).float()
+                x_in = (x_in / 255.0 - mean) / std
+                out = tta_apply(fn, x_in, variants).float().cpu().numpy()
+                if acc is None:
+                    acc = np.zeros((z1 - z0, out.shape[1], *geom.padded_shape), dtype=np.float32)
+                out *= self.weights_map
+                for (j, y, x), pred in zip(batch, out):
+                    acc[j, :, y:y + t, x:x + t] += pred
+            acc /= wsum
+            ens.add(np.ascontiguousarray(geom.crop(acc)))
+            del acc
+        return ens.result()
+
+
+SlabSink = Callable[[int, int, np.ndarray], None]
+
+
+def run_slabs(predictor: SlabPredictor, source, sink: SlabSink, slab_size: int,
+              skip: Iterable[int] = (), on_done: Callable[[int], None] | None = None,
+              rank: int = 0, world: int = 1, progress: bool = True, desc: str = "predict") -> dict:
+    """Predict every slab this rank owns that is not in ``skip`` and pass it to ``sink(z0, z1, probs)``.
+
+    Slab ``i`` belongs to rank ``i % world``. ``on_done(i)`` is called after ``sink`` returns (the
+    place to record progress for resuming). Returns timing statistics.
+    """
+    from tqdm.auto import tqdm
+
+    depth, height, width = (int(v) for v in source.shape[:3])
+    skip = set(skip)
+    todo = [(i, r) for i, r in enumerate(slab_ranges(depth, slab_size)) if i % world == rank and i not in skip]
+    voxels = sum((z1 - z0) for _, (z0, z1) in todo) * height * width
+    start = time.perf_counter()
+    with tqdm(total=voxels, unit="vox", unit_scale=True, desc=desc, disable=not progress,
+              leave=False) as bar:
+        for i, (z0, z1) in todo:
+            probs = predictor.predict_slab(source, z0, z1)
+            sink(z0, z1, probs)
+            if on_done is not None:
+                on_done(i)
+            bar.update((z1 - z0) * height * width)
+    seconds = time.perf_counter() - start
+    return {"slabs": len(todo), "voxels": voxels, "seconds": seconds,
+            "voxels_per_s": voxels / seconds if seconds > 0 else None}

@@ -1,0 +1,148 @@
+"""``cemkit pretrain``: MoCo v2 pretraining from a corpus or an image folder (Hydra command)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cemkit.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+
+
+def resolve_ckpt_path(value: str | None, output: Path) -> str | None:
+    """``null`` -> fresh run; ``last`` -> ``output/checkpoints/last.ckpt`` (must exist); ``auto`` -> that
+    file when it exists, else a fresh run; anything else is a checkpoint path."""
+    if value in (None, "", "null"):
+        return None
+    last = output / CHECKPOINT_DIR / LAST
+    if value == "auto":
+        return str(last) if last.is_file() else None
+    path = last if value == "last" else Path(str(value)).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint to resume from not found")
+    return str(path)
+
+
+def total_steps(cfg: DictConfig, num_patches: int) -> int:
+    """Run length in optimiser steps: ``epochs * (patches // batch)`` when ``epochs`` is set, else ``trainer.max_steps``."""
+    if cfg.get("epochs"):
+        per_epoch = num_patches // int(cfg.data.batch_size)
+        if per_epoch < 1:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the data ({num_patches} patches)")
+        return int(cfg.epochs) * per_epoch
+    steps = int(cfg.trainer.get("max_steps") or -1)
+    if steps <= 0:
+        raise ConfigError("set trainer.max_steps (> 0) or epochs: pretraining length is counted in optimiser steps")
+    return steps
+
+
+def _prepare_subprocess_relaunch() -> None:
+    """Make Lightning's DDP re-launch (``python -m module`` or ``script`` + ``sys.argv[1:]``) re-run this command.
+
+    The CLI rewrites ``sys.argv`` for Hydra; Lightning rebuilds each extra rank's command line from it
+    and adds ``hydra.run.dir=...``, so it must read ``<entry> pretrain <overrides>``.
+    """
+    import __main__
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task)
+    if getattr(__main__, "__spec__", None) is not None:
+        sys.argv = [sys.argv[0], "pretrain", *overrides]
+    else:
+        orig = getattr(sys, "orig_argv", None) or sys.argv
+        script = orig[1] if len(orig) > 1 and not orig[1].startswith("-") else orig[0]
+        sys.argv = [os.path.abspath(script), "pretrain", *overrides]
+
+
+def _strategy(trainer_cfg: DictConfig):
+    """``ddp`` without per-step buffer broadcast: the queue is kept identical by the key all-gather,
+    and BN statistics stay per process (as in the official MoCo); no unused-parameter search."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    if strategy == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy(broadcast_buffers=False, find_unused_parameters=False)
+    if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy(start_method=strategy.split("_")[1].replace("notebook", "fork"), broadcast_buffers=False)
+    return strategy
+
+
+def run(cfg: DictConfig) -> None:
+    """Train MoCo v2 as configured by ``conf/pretrain.yaml`` and export the encoder."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from cemkit.pretrain.data import PretrainDataModule, open_source
+    from cemkit.pretrain.export import export_encoder
+    from cemkit.pretrain.module import MoCoModule
+    from cemkit.pretrain.monitoring import ViewPairGrid
+    from cemkit.tracking import build_logger, build_trainer
+
+    output = Path(cfg.output).expanduser()
+    output.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    source = open_source(cfg.data)
+    steps = total_steps(cfg, len(source))
+    log.info("pretraining %s on %s; mean %.4f std %.4f; %d steps of %d images", cfg.model.encoder.arch,
+             source.description, source.mean, source.std, steps, cfg.data.batch_size)
+    opt, moco = cfg.optimizer, cfg.moco
+    module = MoCoModule(
+        arch=cfg.model.encoder.arch, in_chans=int(cfg.model.in_chans),
+        timm_pretrained=bool(cfg.model.encoder.get("timm_pretrained", False)),
+        dim=int(moco.dim), queue_size=int(moco.queue_size), momentum=float(moco.momentum),
+        temperature=float(moco.temperature), mlp_hidden=moco.mlp_hidden, bn_splits=int(moco.bn_splits),
+        shuffle_bn=bool(moco.shuffle_bn), batch_size=int(cfg.data.batch_size), lr=opt.lr, base_lr=float(opt.base_lr),
+        sgd_momentum=float(opt.momentum), weight_decay=float(opt.weight_decay), nesterov=bool(opt.nesterov),
+        schedule=str(opt.schedule), milestones=list(opt.milestones), gamma=float(opt.gamma),
+        warmup_steps=int(opt.warmup_steps), total_steps=steps, norms=[source.mean, source.std],
+        corpus_id=source.source_id, channels_last=bool(cfg.channels_last), seed=int(cfg.seed),
+        collapse_ratio=float(moco.collapse_ratio))
+    datamodule = PretrainDataModule(source, cfg.augment, int(cfg.data.image_size), int(cfg.data.batch_size),
+                                    int(cfg.data.num_workers), steps, seed=int(cfg.seed))
+
+    logger = build_logger(cfg.get("logger"))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if logger is not None:
+        logger.log_hyperparams(resolved)
+    ckpt_dir = output / CHECKPOINT_DIR
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", save_last=True, save_top_k=0,
+                                 every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_on_train_epoch_end=True,
+                                 auto_insert_metric_name=False)
+    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images")]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.update(max_steps=steps, max_epochs=-1)
+    trainer_cfg["strategy"] = _strategy(cfg.trainer)
+    if trainer_cfg.get("sync_batchnorm"):
+        raise ConfigError("trainer.sync_batchnorm must be false for MoCo: Shuffle-BN needs per-process BatchNorm")
+    trainer = build_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(output),
+                            use_distributed_sampler=False)
+    if trainer.is_global_zero:
+        config_file = output / "config.yaml"
+        tmp = config_file.with_suffix(".yaml.tmp")
+        tmp.write_text(OmegaConf.to_yaml(resolved))
+        os.replace(tmp, config_file)
+    if type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher":
+        _prepare_subprocess_relaunch()
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    last = ckpt_dir / LAST
+    if trainer.is_global_zero and last.is_file():
+        msg = f"pretraining done: {trainer.global_step} steps; checkpoint {last}"
+        if cfg.get("export_encoder", True):
+            enc = export_encoder(last, output / "encoder.pth")
+            msg += f"; encoder {enc}"
+        log.info(msg)

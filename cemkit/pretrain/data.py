@@ -1,0 +1,270 @@
+"""Pretraining data: a curated corpus or a folder of images, read as grey uint8 patches.
+
+Data order is a pure function of ``(seed, global step)``: :class:`StepBatchSampler` hands rank ``r``
+the positions ``step * B + r * b ... + b - 1`` (``B`` the global batch, ``b = B / world``) and
+:class:`TwoViewDataset` maps a position to a patch (a fresh seeded permutation of the patches per
+pass) and to the augmentation seed. A run resumed at step ``s`` therefore sees exactly the batches
+the uninterrupted run saw, whatever the number of workers, and every rank gets a batch of equal size
+(needed for Shuffle-BN and the key all-gather).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cemkit.errors import ConfigError, InputError
+from cemkit.pretrain.augment import TwoViewTransform
+
+log = logging.getLogger(__name__)
+
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant for seed mixing
+
+
+def mix_seed(*values: int) -> int:
+    """Deterministic 63-bit seed from integers (SplitMix64-style), independent of Python's hash salt."""
+    x = 0
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * _MIX & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+# --------------------------------------------------------------------------------------------
+# patch sources
+
+
+@dataclass
+class PatchSource:
+    """Random access to grey uint8 patches plus what they are normalised with."""
+
+    patches: Any  # len() and [i] -> (H, W) uint8
+    mean: float
+    std: float
+    source_id: str
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+
+class _ImageTiles:
+    """Tiles of in-memory images: item i is ``images[j][y:y+t, x:x+t]`` (whole image when smaller)."""
+
+    def __init__(self, images: list[np.ndarray], tile: int | None):
+        self.images = images
+        self.index: list[tuple[int, int, int, int, int]] = []
+        for j, img in enumerate(images):
+            h, w = img.shape
+            if not tile or (h < 2 * tile and w < 2 * tile):
+                self.index.append((j, 0, 0, h, w))
+                continue
+            ny, nx = max(1, h // tile), max(1, w // tile)
+            for a in range(ny):
+                for b in range(nx):
+                    self.index.append((j, a * tile, b * tile, min(tile, h), min(tile, w)))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        j, y, x, h, w = self.index[i]
+        return self.images[j][y:y + h, x:x + w]
+
+
+def open_corpus_source(path: str | Path) -> PatchSource:
+    """A corpus written by ``cemkit curate`` (``metadata.json`` gives mean/std)."""
+    from cemkit.curate.corpus import open_corpus
+
+    corpus = open_corpus(path)
+    if len(corpus) == 0:
+        raise InputError(f"{path}: corpus holds no patches")
+    meta = getattr(corpus, "metadata", {}) or {}
+    cid = meta.get("corpus_id") or getattr(corpus, "corpus_id", None)
+    if not cid:
+        digest = hashlib.sha1(json.dumps({k: meta.get(k) for k in ("shards", "seed", "mean", "std", "counts")},
+                                         sort_keys=True, default=str).encode()).hexdigest()[:12]
+        cid = f"{Path(path).resolve().name}-{digest}"
+    return PatchSource(corpus, float(corpus.mean), float(corpus.std), str(cid),
+                       f"corpus {path} ({len(corpus)} patches)")
+
+
+def open_image_source(path: str | Path, tile: int | None = 224, max_norm_images: int = 64) -> PatchSource:
+    """A folder of 2D images / stacks (or one file), read with :func:`cemkit.io.open_volume`.
+
+    Every z-slice of every file becomes an image; images larger than twice ``tile`` are cut into
+    non-overlapping ``tile`` x ``tile`` patches (``tile=None`` keeps whole images). Intensities are
+    converted to uint8 by :meth:`cemkit.io.Volume.as_uint8`; mean/std are measured on up to
+    ``max_norm_images`` images.
+    """
+    from cemkit.io import open_volume
+    from cemkit.io.image_folder import IMAGE_SUFFIXES
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise InputError(f"{root}: image folder or file not found")
+    if root.is_dir():
+        suffixes = IMAGE_SUFFIXES + (".mrc", ".npy", ".h5", ".hdf5")
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in suffixes)
+        if not files:
+            raise InputError(f"{root}: no image files (png/tif/jpg/mrc/npy/h5) in the folder")
+    else:
+        files = [root]
+    images: list[np.ndarray] = []
+    for f in files:
+        vol = open_volume(f).as_uint8()
+        images.extend(np.ascontiguousarray(vol[z:z + 1][0]) for z in range(vol.shape[0]))
+    total = sum(i.nbytes for i in images)
+    if total > 4 * 2**30:
+        log.warning("%s: %.1f GB of images held in memory; curate a corpus (`cemkit curate`) for large data",
+                    root, total / 2**30)
+    step = max(1, len(images) // max_norm_images)
+    sample = np.concatenate([images[i].ravel() for i in range(0, len(images), step)]).astype(np.float64) / 255.0
+    mean, std = float(sample.mean()), float(sample.std())
+    if std <= 0:
+        raise InputError(f"{root}: images have no intensity variation (std 0)")
+    names = "|".join(f"{f.name}:{f.stat().st_size}" for f in files)
+    sid = f"{root.name}-{hashlib.sha1(names.encode()).hexdigest()[:12]}"
+    tiles = _ImageTiles(images, tile)
+    return PatchSource(tiles, mean, std, sid, f"images {root} ({len(images)} images, {len(tiles)} patches)")
+
+
+def open_source(data_cfg: Mapping[str, Any]) -> PatchSource:
+    """Open ``data.corpus`` or ``data.images`` (exactly one must be set); ``data.mean/std`` override norms."""
+    corpus, images = data_cfg.get("corpus"), data_cfg.get("images")
+    if bool(corpus) == bool(images):
+        raise ConfigError("set exactly one of data.corpus=CORPUS_DIR (from `cemkit curate`) or data.images=DIR")
+    if corpus:
+        source = open_corpus_source(corpus)
+    else:
+        source = open_image_source(images, tile=data_cfg.get("tile_size"))
+    if data_cfg.get("mean") is not None:
+        source.mean = float(data_cfg["mean"])
+    if data_cfg.get("std") is not None:
+        source.std = float(data_cfg["std"])
+    return source
+
+
+# --------------------------------------------------------------------------------------------
+# dataset and sampler
+
+
+class TwoViewDataset(Dataset):
+    """Position ``i`` of the (endless) sample stream -> two augmented views ``(2, 1, H, W)``.
+
+    Pass ``p = i // N`` visits the ``N`` patches in the permutation drawn from ``(seed, p)``; the
+    augmentation of position ``i`` is seeded with ``(seed, i)``.
+    """
+
+    def __init__(self, patches: Any, transform: TwoViewTransform, seed: int = 0):
+        self.patches = patches
+        self.transform = transform
+        self.seed = int(seed)
+        self.n = len(patches)
+        if self.n == 0:
+            raise InputError("no patches to train on")
+        self._perm_pass = -1
+        self._perm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def patch_index(self, position: int) -> int:
+        p, r = divmod(int(position), self.n)
+        if p != self._perm_pass:
+            self._perm = np.random.default_rng(mix_seed(self.seed, 1, p)).permutation(self.n)
+            self._perm_pass = p
+        return int(self._perm[r])
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        image = np.asarray(self.patches[self.patch_index(position)])
+        return self.transform(image, mix_seed(self.seed, 2, position))
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches of stream positions for one rank, from ``start_step`` to ``total_steps``.
+
+    Step ``s`` of rank ``r`` is ``[s * B + r * b + j for j in range(b)]`` with ``b = B / world``.
+    """
+
+    def __init__(self, global_batch: int, rank: int, world: int, start_step: int, total_steps: int):
+        if global_batch % world:
+            raise ConfigError(f"data.batch_size={global_batch} must be divisible by the number of processes {world}")
+        self.global_batch, self.rank, self.world = int(global_batch), int(rank), int(world)
+        self.local = self.global_batch // self.world
+        self.start_step, self.total_steps = int(start_step), int(total_steps)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(self.start_step, self.total_steps):
+            first = s * self.global_batch + self.rank * self.local
+            yield list(range(first, first + self.local))
+
+
+def collate_views(batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack ``(2, 1, H, W)`` pairs into ``(B, 2, 1, H, W)``."""
+    return torch.stack(list(batch))
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning data module
+
+
+def _lightning_datamodule_base():
+    import pytorch_lightning as pl
+
+    return pl.LightningDataModule
+
+
+class PretrainDataModule(_lightning_datamodule_base()):
+    """Two-view batches of ``data.batch_size`` images in total (split evenly over the ranks).
+
+    Parameters
+    ----------
+    source
+        Opened :class:`PatchSource`.
+    augment_cfg
+        The ``augment`` config.
+    image_size, batch_size, num_workers
+        View side length, global batch size (all ranks together), loader workers per rank.
+    total_steps
+        Optimiser steps of the whole run (the stream is cut there).
+    seed
+        Seed of data order and augmentations.
+    """
+
+    def __init__(self, source: PatchSource, augment_cfg: Mapping[str, Any], image_size: int, batch_size: int,
+                 num_workers: int, total_steps: int, seed: int = 0, pin_memory: bool = True,
+                 prefetch_factor: int | None = 4):
+        super().__init__()
+        self.source = source
+        self.transform = TwoViewTransform(augment_cfg, int(image_size), source.mean, source.std)
+        self.dataset = TwoViewDataset(source.patches, self.transform, seed)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.total_steps, self.seed = int(total_steps), int(seed)
+        self.pin_memory, self.prefetch_factor = bool(pin_memory), prefetch_factor
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        start = trainer.global_step if trainer is not None else 0
+        sampler = StepBatchSampler(self.batch_size, rank, world, start, self.total_steps)
+        log.debug("rank %d/%d: data from step %d to %d", rank, world, start, self.total_steps)
+        extra = {}
+        if self.num_workers > 0:
+            extra = {"persistent_workers": False, "prefetch_factor": self.prefetch_factor}
+        pin = self.pin_memory and torch.cuda.is_available()
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_views, pin_memory=pin, **extra)

@@ -1,0 +1,80 @@
+"""Masks, connected components (slab-wise), watershed splitting and the object table."""
+
+import csv
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cemkit.predict.postprocess import (TABLE_COLUMNS, label_components, object_table, split_touching,
+                                        threshold_mask, write_table_csv)
+
+
+def _spheres(shape, centres, radius):
+    zz, yy, xx = np.indices(shape)
+    out = np.zeros(shape, np.uint8)
+    for c in centres:
+        out[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= radius ** 2] = 1
+    return out
+
+
+def test_threshold_mask():
+    p = np.array([[[0.2, 0.5, 0.51]]], np.float32)
+    assert threshold_mask(p, 0.5).tolist() == [[0, 0, 1]]
+    p3 = np.array([[0.1, 0.7], [0.6, 0.2], [0.3, 0.1]], np.float32)
+    assert threshold_mask(p3).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("connectivity", [1, 3])
+@pytest.mark.parametrize("slab", [1, 3, 64])
+def test_slabwise_components_equal_whole_volume(connectivity, slab):
+    rng = np.random.default_rng(0)
+    mask = (ndimage.gaussian_filter(rng.random((17, 30, 30)), 1.5) > 0.52).astype(np.uint8)
+    out = np.zeros(mask.shape, np.uint32)
+    n = label_components(mask, out, slab_size=slab, connectivity=connectivity)
+    ref, n_ref = ndimage.label(mask, ndimage.generate_binary_structure(3, connectivity))
+    assert n == n_ref > 5
+    # same partition, numbered in order of first appearance like ndimage.label
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_min_size_removes_small_objects():
+    mask = np.zeros((6, 12, 12), np.uint8)
+    mask[0:5, 1:4, 1:4] = 1      # 45 voxels, spans slabs
+    mask[2, 8, 8] = 1            # 1 voxel
+    out = np.zeros(mask.shape, np.uint32)
+    assert label_components(mask, out, slab_size=2, min_size=10) == 1
+    assert out.max() == 1 and (out > 0).sum() == 45
+
+
+def test_watershed_splits_two_touching_spheres():
+    mask = _spheres((24, 40, 56), [(12, 20, 18), (12, 20, 36)], 10)
+    cc = np.zeros(mask.shape, np.uint32)
+    assert label_components(mask, cc, slab_size=8) == 1          # touching: one component
+    labels = split_touching(mask, h=2.0)
+    assert labels.max() == 2
+    assert labels[12, 20, 18] != labels[12, 20, 36]
+    assert ((labels > 0) == (mask > 0)).all()
+    sizes = np.bincount(labels.ravel())[1:]
+    assert abs(int(sizes[0]) - int(sizes[1])) <= 0.02 * sizes.sum()
+
+
+def test_object_table_columns_and_values(tmp_path):
+    labels = np.zeros((10, 20, 20), np.uint32)
+    labels[1:4, 2:6, 3:5] = 1
+    labels[5:10, 10:20, 0:1] = 2
+    prob = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    t = object_table(labels, slab_size=3, probabilities=prob)
+    assert tuple(t) == TABLE_COLUMNS
+    assert t["id"].tolist() == [1, 2] and t["voxels"].tolist() == [24, 50]
+    np.testing.assert_allclose(t["centroid_z"], [2.0, 7.0])
+    np.testing.assert_allclose(t["centroid_y"], [3.5, 14.5])
+    np.testing.assert_allclose(t["centroid_x"], [3.5, 0.0])
+    assert [t["bbox_z0"][0], t["bbox_y0"][0], t["bbox_x0"][0], t["bbox_z1"][0], t["bbox_y1"][0],
+            t["bbox_x1"][0]] == [1, 2, 3, 4, 6, 5]
+    assert [t["bbox_z1"][1], t["bbox_y1"][1], t["bbox_x1"][1]] == [10, 20, 1]
+    np.testing.assert_allclose(t["mean_probability"], [0.8, 0.8], atol=1e-6)
+    path = write_table_csv(tmp_path / "objects.csv", t, voxel_size=(40.0, 6.0, 6.0))
+    rows = list(csv.DictReader(open(path)))
+    assert rows[1]["voxels"] == "50" and float(rows[1]["volume_nm3"]) == 50 * 40 * 36
+    assert list(rows[0])[:len(TABLE_COLUMNS)] == list(TABLE_COLUMNS)
