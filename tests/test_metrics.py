@@ -216,6 +216,11 @@ def test_thin_borders_respects_mask_and_empty_images():
     mask = np.array([[0, 1, 0, 0, 1, 0]], bool)
     np.testing.assert_array_equal(thin_borders(labels, mask=mask), [[1, 1, 0, 0, 2, 2]])
     np.testing.assert_array_equal(thin_borders(np.zeros((3, 3), int)), np.zeros((3, 3)))
+    # 3D: slice by slice by default; in 3D the pixel at (0, 0, 4) is 1 voxel from label 2 (slice 1)
+    # but 4 from label 1 in its own slice
+    vol = np.array([[[1, 0, 0, 0, 0]], [[0, 0, 0, 0, 2]]])
+    np.testing.assert_array_equal(thin_borders(vol), [[[1, 1, 1, 1, 1]], [[2, 2, 2, 2, 2]]])
+    np.testing.assert_array_equal(thin_borders(vol, per_slice=False)[0, 0, 4], 2)
 
 
 def test_rand_info_on_binary_masks_with_connected_components():

@@ -25,21 +25,26 @@ def _fmt(v) -> str:
 def format_table(result: dict) -> str:
     """The metrics of :func:`cemkit.evaluate.evaluation.evaluate` as an aligned text table."""
     shape = " x ".join(str(s) for s in result["shape"])
-    how = (f"probabilities > {result['threshold']:g}" if result.get("threshold") is not None
-           else result["prediction_kind"])
+    if result.get("threshold") is not None:
+        how = f"probabilities > {result['threshold']:g}"
+    elif result["num_classes"] > 2:
+        how = "class indices"
+    else:
+        how = result["prediction_kind"]
     lines = [f"prediction {result['prediction']} ({how})", f"labels     {result['labels']} ({shape})", ""]
     pixel, per_image = result["pixel"], result.get("per_image")
     if "mean_iou" in pixel:  # multi-class
-        lines.append(f"{'metric':<22}{'pooled':>10}{'per-image':>11}")
+        lines.append(f"{'metric':<22}{'pooled':>10}" + (f"{'per-image':>11}" if per_image else ""))
         lines.append(f"{'mean IoU (no bg)':<22}{_fmt(pixel['mean_iou']):>10}"
-                     f"{_fmt(per_image['mean_iou']) if per_image else '':>11}")
+                     + (f"{_fmt(per_image['mean_iou']):>11}" if per_image else ""))
         lines.append(f"{'accuracy':<22}{_fmt(pixel['accuracy']):>10}")
+        lines += ["", f"{'class (pooled)':<22}{'IoU':>10}{'Dice':>11}"]
         for c, (iou, dice) in enumerate(zip(pixel["per_class_iou"], pixel["per_class_dice"])):
-            lines.append(f"{f'class {c} IoU / Dice':<22}{_fmt(iou):>10}{_fmt(dice):>11}")
+            lines.append(f"{c:<22}{_fmt(iou):>10}{_fmt(dice):>11}")
         return "\n".join(lines)
-    lines.append(f"{'pixel metric':<22}{'pooled':>10}{'per-image':>11}")
+    lines.append(f"{'pixel metric':<22}{'pooled':>10}" + (f"{'per-image':>11}" if per_image else ""))
     for key in PIXEL_ROWS:
-        lines.append(f"{key:<22}{_fmt(pixel[key]):>10}{_fmt(per_image[key]) if per_image else '':>11}")
+        lines.append(f"{key:<22}{_fmt(pixel[key]):>10}" + (f"{_fmt(per_image[key]):>11}" if per_image else ""))
     lines.append(f"{'tp / fp / fn':<22}{pixel['tp']} / {pixel['fp']} / {pixel['fn']}")
     if "rand" in result:
         lines += ["", f"{'segmentation (pooled)':<22}{'score':>10}"]

@@ -39,7 +39,8 @@ distance, :func:`skimage.segmentation.expand_labels`); the segments then meet al
 and no singleton boundary pixels remain inside the foreground. This is the "expand the regions until
 the boundary inside the ground-truth mask is gone" thinning of the ISBI 2013 / SNEMI3D Python
 evaluation scripts, done in one distance-transform pass instead of repeated 3x3 maximum filters
-(ties between equidistant segments may be resolved differently).
+(ties between equidistant segments may be resolved differently). 3D volumes are thinned slice by
+slice (the challenge is 2D) unless a voxel ``spacing`` is given, which thins in 3D.
 
 Binary masks (``label_components=True``): both inputs are treated as binary object masks (non-zero =
 inside an object, 0 = background/boundary) and labelled by connected components

@@ -103,6 +103,8 @@ def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> li
     for path in paths:
         try:
             module, meta = load_segmenter(path, map_location="cpu")
+        except InputError:
+            raise
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(f"checkpoint {path}: cannot be loaded as a cemkit segmenter ({exc})") from exc
         module = module.to(device).eval()

@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> None:
     from cemkit.pretrain.data import PretrainDataModule, open_source
     from cemkit.pretrain.export import export_encoder
     from cemkit.pretrain.module import MoCoModule
-    from cemkit.pretrain.monitoring import ViewPairGrid
+    from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
     from cemkit.tracking import build_logger, build_trainer
 
     output = Path(cfg.output).expanduser()
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> None:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", save_last=True, save_top_k=0,
                                  every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_on_train_epoch_end=True,
                                  auto_insert_metric_name=False)
-    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images")]
+    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck()]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(max_steps=steps, max_epochs=-1)
     trainer_cfg["strategy"] = _strategy(cfg.trainer)

@@ -44,3 +44,34 @@ class ViewPairGrid(pl.Callback):
                                   captions=captions)
         if self.written is not None:
             log.info("augmented view pairs: %s", self.written)
+
+
+class QueueConsistencyCheck(pl.Callback):
+    """At the end of training, check that every process holds the same key queue and pointer.
+
+    The keys of all ranks are gathered before they enter the queue, so the queues must agree
+    bit for bit; a difference means the processes saw different collectives and the run is wrong.
+    Costs one all-gather of two numbers.
+    """
+
+    def __init__(self) -> None:
+        self.checksum: str | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import hashlib
+
+        import torch
+
+        model = pl_module.model
+        digest = hashlib.sha256(model.queue.detach().cpu().contiguous().numpy().tobytes()).digest()
+        local = torch.tensor([int.from_bytes(digest[:7], "little"), int(model.queue_ptr.item())],
+                             dtype=torch.long, device=pl_module.device)
+        gathered = trainer.strategy.all_gather(local)
+        if gathered.ndim == 1:
+            gathered = gathered[None]
+        self.checksum = digest.hex()[:14]
+        if not bool(torch.all(gathered == gathered[0:1])):
+            raise RuntimeError(f"MoCo key queues differ between processes: {gathered.tolist()}")
+        if trainer.world_size > 1:
+            log.info("key queue identical on all %d processes (sha256 %s, pointer %d)", trainer.world_size,
+                     self.checksum, int(local[1]))

@@ -8,7 +8,21 @@ folders for curation tests, and PNG montages.
 """
 
 from .montage import montage_array, save_montage
+from .raw_folder import INJECTED_KINDS, InjectedItem, RawFolderInfo, SourceInfo, write_raw_folder
 from .styles import STYLES, Style, resolve_style
 from .volume import SyntheticVolume, make_volume
 
-__all__ = ["STYLES", "Style", "SyntheticVolume", "make_volume", "montage_array", "resolve_style", "save_montage"]
+__all__ = [
+    "INJECTED_KINDS",
+    "STYLES",
+    "InjectedItem",
+    "RawFolderInfo",
+    "SourceInfo",
+    "Style",
+    "SyntheticVolume",
+    "make_volume",
+    "montage_array",
+    "resolve_style",
+    "save_montage",
+    "write_raw_folder",
+]

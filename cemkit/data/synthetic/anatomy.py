@@ -100,7 +100,11 @@ def _cell_seeds(rng, ext, diameter):
         n = int(np.ceil((e + 2 * diameter) / diameter))
         axes.append(-diameter + (np.arange(n) + 0.5) * diameter)
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    return grid + rng.uniform(-0.4, 0.4, size=grid.shape) * diameter
+    seeds = grid + rng.uniform(-0.4, 0.4, size=grid.shape) * diameter
+    # some grid cells split into several thin processes (axons next to big dendrites)
+    split = rng.random(len(grid)) < 0.35
+    extra = [c + rng.uniform(-0.5, 0.5, size=(int(rng.integers(1, 4)), 3)) * diameter for c in grid[split]]
+    return np.concatenate([seeds, *extra]) if extra else seeds
 
 
 def cells(rng, shape, voxel_size, nuc_sdf, diameter_nm=650.0, shell_nm=120.0):

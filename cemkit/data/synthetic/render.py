@@ -28,7 +28,8 @@ def stain_density(rng, anat: Anatomy, style: Style, voxel_size) -> np.ndarray:
     # per-cell tone (some neurites are darker) + smooth local variation + fine granular texture
     tone = rng.normal(0.0, 0.045, size=anat.n_cells + 1).astype(np.float32)
     s = cyto + tone[anat.cell_id]
-    s += 0.03 * smooth_noise(rng, shape, voxel_size, 250.0)
+    s += 0.05 * smooth_noise(rng, shape, voxel_size, 250.0)
+    s += 0.04 * smooth_noise(rng, shape, voxel_size, 60.0)
     s += style.granularity * 0.6 * smooth_noise(rng, shape, voxel_size, 2.2 * max(voxel_size[1:]))
     s += style.granularity * 0.5 * rng.standard_normal(shape, dtype=np.float32)
     # ER-like wiggly thin cisternae: a thin level set of a smooth field, in patches
@@ -51,7 +52,10 @@ def stain_density(rng, anat: Anatomy, style: Style, voxel_size) -> np.ndarray:
         _blend(s, np.float32(style.membrane_stain), np.exp(-((sdf + 6.0) / 9.0) ** 2))
 
     # cell membranes (suppressed inside the nucleus, which has its own envelope)
-    memb = np.exp(-((anat.face_dist / 8.0) ** 2))
+    # membrane width and darkness vary along the membrane (fixation, section angle)
+    width = 9.0 * (1.0 + 0.25 * smooth_noise(rng, shape, voxel_size, 200.0))
+    memb = np.exp(-((anat.face_dist / np.maximum(width, 4.0)) ** 2))
+    memb *= np.clip(0.85 + 0.15 * smooth_noise(rng, shape, voxel_size, 300.0), 0.4, 1.0)
     if anat.nucleus_sdf is not None:
         memb *= anat.nucleus_sdf > 0
     _blend(s, np.float32(style.membrane_stain), memb)
@@ -65,7 +69,7 @@ def stain_density(rng, anat: Anatomy, style: Style, voxel_size) -> np.ndarray:
     m = anat.instances > 0
     d = anat.mito_depth[m]
     matrix = style.mito_stain + 0.05 * rng.standard_normal(d.shape, dtype=np.float32)
-    matrix -= style.cristae_contrast * 2.2 * anat.cristae[m] * np.clip((d - 18.0) / 12.0, 0, 1)
+    matrix -= style.cristae_contrast * 1.5 * anat.cristae[m] * np.clip((d - 18.0) / 12.0, 0, 1)
     rim = np.exp(-(((d - 7.0) / 7.0) ** 2))
     s[m] = matrix + (min(style.mito_stain + 0.25, 1.0) - matrix) * rim
     return s

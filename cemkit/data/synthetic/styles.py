@@ -54,18 +54,18 @@ class Style:
 
     name: str
     voxel_size: tuple[float, float, float] = (40.0, 6.0, 6.0)
-    black: float = 25.0
-    white: float = 225.0
+    black: float = 10.0
+    white: float = 232.0
     gamma: float = 1.0
-    membrane_stain: float = 0.75
-    cytoplasm_stain: float = 0.3
-    mito_stain: float = 0.62
+    membrane_stain: float = 0.85
+    cytoplasm_stain: float = 0.36
+    mito_stain: float = 0.78
     cristae_contrast: float = 0.16
-    granularity: float = 0.08
-    photons: float = 90.0
-    read_noise: float = 4.0
-    blur_sigma: float = 1.0
-    noise_blur: float = 0.5
+    granularity: float = 0.12
+    photons: float = 35.0
+    read_noise: float = 3.0
+    blur_sigma: float = 1.2
+    noise_blur: float = 1.0
     illumination: float = 0.05
     flicker: float = 1.5
     inverted: bool = False
@@ -82,7 +82,7 @@ STYLES: tuple[Style, ...] = (
     # FIB-SEM of cultured cells: near-isotropic voxels, finer pixels, lower noise, softer stain.
     Style(
         name="fibsem_cells", voxel_size=(8.0, 8.0, 8.0), black=55.0, white=205.0, gamma=0.85,
-        membrane_stain=0.6, cytoplasm_stain=0.25, mito_stain=0.55, cristae_contrast=0.2,
+        membrane_stain=0.6, cytoplasm_stain=0.25, mito_stain=0.55, cristae_contrast=0.14,
         granularity=0.05, photons=260.0, read_noise=3.0, blur_sigma=1.3, noise_blur=0.7,
         illumination=0.08, flicker=0.5,
     ),
@@ -103,7 +103,7 @@ STYLES: tuple[Style, ...] = (
     # Heavily stained, high-contrast, dark tissue, sharp but grainy (TEM-tomography-like look).
     Style(
         name="heavy_stain", voxel_size=(30.0, 4.0, 4.0), black=5.0, white=245.0, gamma=0.7,
-        membrane_stain=0.9, cytoplasm_stain=0.42, mito_stain=0.78, cristae_contrast=0.22,
+        membrane_stain=0.9, cytoplasm_stain=0.42, mito_stain=0.78, cristae_contrast=0.18,
         granularity=0.12, photons=70.0, read_noise=3.0, blur_sigma=0.7, noise_blur=0.4,
         illumination=0.04, flicker=2.0,
     ),

@@ -1,0 +1,230 @@
+"""MoCo maths: EMA update, queue, InfoNCE, split BatchNorm, augmentations, data order, LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cemkit.errors import ConfigError
+from cemkit.models.encoders import create_encoder
+from cemkit.pretrain.augment import TwoViewTransform
+from cemkit.pretrain.data import StepBatchSampler, TwoViewDataset
+from cemkit.pretrain.module import LRSchedule, scaled_lr
+from cemkit.pretrain.moco import (
+    MoCoV2,
+    SplitBatchNorm2d,
+    contrastive_accuracy,
+    convert_split_batchnorm,
+    embedding_std,
+    enqueue,
+    infonce_logits,
+    infonce_loss,
+    momentum_update,
+)
+
+AUG = {
+    "rotate": {"limit": 180, "p": 0.5, "border_mode": "constant"},
+    "crop": {"scale": [0.2, 1.0], "ratio": [0.75, 1.3333333]},
+    "jitter": {"brightness": 0.4, "contrast": 0.4, "p": 1.0},
+    "blur": {"sigma": [0.1, 2.0], "p": 0.5},
+    "flip": {"horizontal": 0.5, "vertical": 0.5},
+    "noise": {"std": [0.00316, 0.01], "p": 0.5},
+}
+NO_AUG = {
+    "rotate": {"limit": 180, "p": 0.0},
+    "crop": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]},
+    "jitter": {"brightness": 0.4, "contrast": 0.4, "p": 0.0},
+    "blur": {"sigma": [0.1, 2.0], "p": 0.0},
+    "flip": {"horizontal": 0.0, "vertical": 0.0},
+    "noise": {"std": [0.00316, 0.01], "p": 0.0},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def test_momentum_update_is_ema_of_parameters_only():
+    online, target = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        online.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        online.bias.copy_(torch.tensor([4.0, 0.0, -4.0]))
+        target.weight.copy_(torch.tensor([0.0, 0.0, 0.0]))
+        target.bias.copy_(torch.tensor([1.0, 1.0, 1.0]))
+        online.running_mean.fill_(5.0)
+    momentum_update(online, target, 0.75)
+    assert torch.equal(target.weight, torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.equal(target.bias, torch.tensor([1.75, 0.75, -0.25]))
+    assert torch.equal(target.running_mean, torch.zeros(3))  # buffers are not averaged
+    momentum_update(online, target, 0.0)
+    assert torch.equal(target.weight, online.weight)
+
+
+# ----------------------------------------------------------------------------- queue
+
+
+def test_enqueue_writes_columns_and_wraps():
+    queue = torch.zeros(2, 5)
+    ptr = torch.zeros(1, dtype=torch.long)
+    keys = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    enqueue(queue, ptr, keys)
+    assert ptr.item() == 3
+    assert queue.tolist() == [[1, 2, 3, 0, 0], [10, 20, 30, 0, 0]]
+    enqueue(queue, ptr, torch.tensor([[4.0, 40.0], [5.0, 50.0], [6.0, 60.0]]))  # columns 3, 4, then 0
+    assert ptr.item() == 1
+    assert queue.tolist() == [[6, 2, 3, 4, 5], [60, 20, 30, 40, 50]]
+    big = torch.arange(14, dtype=torch.float32).reshape(7, 2)  # more keys than the queue holds
+    enqueue(queue, ptr, big)
+    assert ptr.item() == (1 + 7) % 5
+    # the last 5 keys (rows 2..6) land in columns 3, 4, 0, 1, 2
+    assert queue[0].tolist() == [8, 10, 12, 4, 6]
+    with pytest.raises(ValueError):
+        enqueue(queue, ptr, torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------------------- InfoNCE
+
+
+def test_infonce_logits_loss_and_accuracy():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    queue = torch.tensor([[0.0, -1.0, 0.6], [1.0, 0.0, 0.8]])
+    logits = infonce_logits(q, k, queue, temperature=0.5)
+    expected = torch.tensor([[1.0, 0.0, -1.0, 0.6], [0.0, 1.0, 0.0, 0.8]]) / 0.5
+    assert torch.equal(logits, expected)
+    assert contrastive_accuracy(logits).item() == 0.5
+    ref = -(torch.log_softmax(expected, dim=1)[:, 0]).mean()
+    torch.testing.assert_close(infonce_loss(logits), ref)
+    z = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert embedding_std(z).item() == pytest.approx(math.sqrt(2 / 3))
+    assert embedding_std(torch.ones(4, 8)).item() == 0.0
+
+
+# ----------------------------------------------------------------------------- split BN
+
+
+def test_split_batchnorm_uses_per_split_statistics():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    split = SplitBatchNorm2d(3)
+    split.load_state_dict(bn.state_dict())
+    split.num_splits = 2
+    x = torch.randn(8, 3, 5, 5, dtype=torch.float32) * 3 + 1
+    out = split(x)
+    for s in range(2):  # split s = samples s, s + 2, s + 4, ...
+        ref_bn = nn.BatchNorm2d(3)
+        ref_bn.load_state_dict(bn.state_dict())
+        torch.testing.assert_close(out[s::2], ref_bn(x[s::2]), rtol=1e-5, atol=1e-5)
+    # running stats: mean of the two splits' updates (momentum 0.1)
+    mean_s = torch.stack([x[s::2].mean(dim=(0, 2, 3)) for s in range(2)])
+    torch.testing.assert_close(split.running_mean, 0.1 * mean_s.mean(0), rtol=1e-5, atol=1e-6)
+    # eval: plain BN with running statistics
+    split.eval(), bn.eval()
+    torch.testing.assert_close(split(x), nn.functional.batch_norm(x, split.running_mean, split.running_var,
+                                                                   split.weight, split.bias, False, 0.1, split.eps))
+
+
+def test_convert_split_batchnorm_keeps_keys_and_handles_bn_act():
+    model = create_encoder("resnet10t", in_chans=1)
+    keys = list(model.state_dict())
+    n = convert_split_batchnorm(model, 4)
+    assert n == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) and n > 0
+    assert list(model.state_dict()) == keys
+    eff = create_encoder("efficientnet_b0", in_chans=1)
+    ref = create_encoder("efficientnet_b0", in_chans=1)
+    ref.load_state_dict(eff.state_dict())
+    convert_split_batchnorm(eff, 1)  # one split: identical to plain BN + activation
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(eff(x), ref(x))
+    assert type(eff.bn1).__name__ == "SplitBatchNormAct2d"
+
+
+def test_moco_key_encoder_gets_no_gradient_and_queue_moves():
+    torch.manual_seed(0)
+    model = MoCoV2(create_encoder("resnet10t", 1), dim=16, queue_size=12, mlp_hidden=32, bn_splits=2)
+    assert all(not p.requires_grad for p in model.encoder_k.parameters())
+    x = torch.randn(4, 1, 32, 32)
+    logits, q, k = model(x, x.flip(-1))
+    assert logits.shape == (4, 13) and q.shape == (4, 16)
+    infonce_loss(logits).backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert model.encoder_q.conv1[0].weight.grad is not None
+    assert model.queue_ptr.item() == 4 and torch.equal(model.queue[:, :4], k.T)
+    assert {"queue", "queue_ptr"} <= set(model.state_dict())
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+
+def test_two_views_are_seeded_and_normalised():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(80, 70), dtype=np.uint8)
+    t = TwoViewTransform(AUG, 48, mean=0.5, std=0.25)
+    a, b = t(img, seed=7), t(img, seed=7)
+    assert a.shape == (2, 1, 48, 48) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(a, t(img, seed=8))
+    # with every random step off, a view is exactly (image / 255 - mean) / std
+    square = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
+    plain = TwoViewTransform(NO_AUG, 48, mean=0.5, std=0.25)(square, seed=1)
+    ref = (torch.from_numpy(square).float() / 255.0 - 0.5) / 0.25
+    torch.testing.assert_close(plain[0, 0], ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain[1, 0], ref, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError):
+        TwoViewTransform(dict(AUG, rotate={"limit": 10, "p": 0.5, "border_mode": "mirror"}), 48, 0.5, 0.25)
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def test_step_batches_split_the_global_batch_over_ranks():
+    r0 = list(StepBatchSampler(8, rank=0, world=2, start_step=0, total_steps=3))
+    r1 = list(StepBatchSampler(8, rank=1, world=2, start_step=0, total_steps=3))
+    assert r0 == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
+    assert r1 == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 22, 23]]
+    assert list(StepBatchSampler(8, 0, 2, start_step=2, total_steps=3)) == r0[2:]
+    with pytest.raises(ConfigError):
+        StepBatchSampler(6, 0, 4, 0, 1)
+
+
+def test_dataset_visits_every_patch_once_per_pass():
+    patches = [np.full((40, 40), i, np.uint8) for i in range(10)]
+    ds = TwoViewDataset(patches, TwoViewTransform(NO_AUG, 32, 0.0, 1.0), seed=3)
+    first = [ds.patch_index(i) for i in range(10)]
+    second = [ds.patch_index(i) for i in range(10, 20)]
+    assert sorted(first) == list(range(10)) and sorted(second) == list(range(10))
+    assert first != second
+    assert ds.patch_index(13) == TwoViewDataset(patches, ds.transform, seed=3).patch_index(13)
+    value = ds[5][0, 0, 0, 0].item() * 255.0
+    assert value == pytest.approx(ds.patch_index(5), abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- LR
+
+
+def test_lr_schedules():
+    assert scaled_lr(0.03, 128) == pytest.approx(0.015)
+    step = LRSchedule(1000, "step", [0.6, 0.8], 0.1)
+    assert [step(0), step(599), step(600), step(799), step(800)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cos = LRSchedule(100, "cosine", warmup_steps=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    with pytest.raises(ConfigError):
+        LRSchedule(10, "linear")
+    with pytest.raises(ConfigError):
+        LRSchedule(10, "step", [120, 160])
