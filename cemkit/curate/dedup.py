@@ -97,21 +97,25 @@ def leader_cluster(hashes: np.ndarray, max_distance: int = 12, order: np.ndarray
             owner[pending[hit]] = c0 + close[hit].argmax(axis=1)  # earliest exemplar wins
             pending = pending[~hit]
         if len(pending):
+            # resolve the unclaimed patches of this block among themselves, in visiting order
             hp = hb[pending]
-            close = np.bitwise_count(hp[:, None] ^ hp[None, :]) <= max_distance
-            sub_owner = np.full(len(pending), -1, dtype=np.int64)
-            for k in range(len(pending)):
-                if sub_owner[k] >= 0:
+            upper = np.triu(np.bitwise_count(hp[:, None] ^ hp[None, :]) <= max_distance, 1)
+            local = np.arange(len(pending))  # local owner: the candidate that leads its group
+            claimed = np.zeros(len(pending), bool)
+            # only candidates with a close neighbour inside the block need the sequential scan
+            for k in np.flatnonzero(upper.any(axis=1) | upper.any(axis=0)).tolist():
+                if claimed[k]:
                     continue
-                ex_hash[n_ex] = hp[k]
-                ex_index[n_ex] = idx[pending[k]]
-                claim = close[k].copy()
-                claim[:k + 1] = False
-                claim &= sub_owner < 0
-                sub_owner[claim] = n_ex
-                sub_owner[k] = n_ex
-                n_ex += 1
-            owner[pending] = sub_owner
+                claim = upper[k] & ~claimed
+                local[claim] = k
+                claimed |= claim
+            leaders = np.flatnonzero(~claimed)  # in visiting order = exemplar creation order
+            ids = np.empty(len(pending), np.int64)
+            ids[leaders] = n_ex + np.arange(len(leaders))
+            ex_hash[n_ex:n_ex + len(leaders)] = hp[leaders]
+            ex_index[n_ex:n_ex + len(leaders)] = idx[pending[leaders]]
+            n_ex += len(leaders)
+            owner[pending] = ids[local]
         group[idx] = ex_index[owner]
     exemplar = group == np.arange(n)
     return DedupResult(group=group, exemplar=exemplar)

@@ -18,8 +18,9 @@ exactly that, batched over ``(N, P, P)`` uint8 patches:
     columns that are constant (std < 1 grey level; missing scan lines, blank stripes, padding
     bands of a reconstruction). Default drop: ``>= 0.5``.
 
-A patch fails on the first test it fails in the order ``uniform``, ``low_contrast``,
-``artefact``; that name is its drop reason in the manifest.
+A patch is dropped for the first test it fails in the order ``low_contrast``, ``uniform``,
+``artefact``; that name is its drop reason in the manifest. (A constant patch is therefore
+``low_contrast``; pure noise of any strength is ``uniform``.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 SCORE_NAMES = ("flat_fraction", "contrast", "artefact")
 BLOCK = 8  # block side (px) of the flatness test
 NOISE_K = 3.0  # noise allowance of the flatness test, in standard errors of a block mean
-REASONS = ("uniform", "low_contrast", "artefact")
+REASONS = ("low_contrast", "uniform", "artefact")
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ def heuristic_reasons(scores: dict[str, np.ndarray], thresholds: HeuristicThresh
     n = len(scores["contrast"])
     reason = np.full(n, "", dtype=object)
     tests = (
-        ("uniform", scores["flat_fraction"] >= thresholds.max_flat_fraction),
         ("low_contrast", scores["contrast"] < thresholds.min_contrast),
+        ("uniform", scores["flat_fraction"] >= thresholds.max_flat_fraction),
         ("artefact", scores["artefact"] >= thresholds.max_artefact),
     )
     for name, fail in reversed(tests):  # earlier tests overwrite later ones

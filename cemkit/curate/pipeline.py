@@ -140,8 +140,6 @@ def _sections_of(vol, source: Source, params: CurateParams):
 def process_source(source: Source, params: CurateParams, work_root: str | Path,
                    progress: bool = False) -> SourceResult:
     """Curate one source into ``work_root/<name>/`` (see the module docstring)."""
-    from threadpoolctl import threadpool_limits
-
     t0 = time.perf_counter()
     out = Path(work_root) / source.name
     done_path = out / "done.json"
@@ -178,45 +176,44 @@ def process_source(source: Source, params: CurateParams, work_root: str | Path,
     hashes, scores = [], {"flat_fraction": [], "contrast": [], "artefact": []}
     n = 0
     bar = tqdm(total=total, desc=source.name, unit="patch", disable=not progress, leave=False)
-    with threadpool_limits(1, user_api="blas"):
-        for i, vol, voxel, planes, sections in plans:
-            view = vol.as_uint8() if hasattr(vol, "as_uint8") else vol
-            data = view
-            nbytes = int(np.prod(vol.shape))
-            if len(planes) > 1 and nbytes <= params.max_volume_mb * 2**20:
-                try:
-                    data = np.asarray(view[0:vol.shape[0]])  # xz/yz planes: read the volume once
-                except Exception as exc:  # noqa: BLE001
-                    errors.append({"source": source.name, "file": _item_label(source, vol), "error": str(exc)})
-                    continue
-            for sec in sections:
-                try:
-                    image = read_section(data, sec) if data is not view or sec.plane != "xy" \
-                        else np.asarray(view[sec.index:sec.index + 1])[0]
-                except Exception as exc:  # noqa: BLE001 - a corrupt slice/file is reported and skipped
-                    errors.append({"source": source.name, "file": _item_label(source, vol),
-                                   "plane": sec.plane, "index": sec.index, "error": str(exc)})
-                    bar.update(count_tiles(*section_shape(vol.shape, sec.plane), P, params.small_images))
-                    continue
-                image = np.asarray(image, dtype=np.uint8)
-                patches, origins = extract_patches(image, P, params.small_images)
-                k = len(patches)
-                if k == 0:
-                    continue
-                scratch[n:n + k] = patches
-                hashes.append(dhash_batch(patches, params.hash_size, batch_size=64))
-                for key, v in heuristic_scores(patches, params.flat_std).items():
-                    scores[key].append(v)
-                hh, ww = image.shape
-                cols["item"].append(np.full(k, i, np.int32))
-                cols["plane"].append(np.full(k, PLANE_CODES.index(sec.plane), np.uint8))
-                cols["index"].append(np.full(k, sec.index, np.int32))
-                cols["y"].append(origins[:, 0].astype(np.int32))
-                cols["x"].append(origins[:, 1].astype(np.int32))
-                cols["valid_h"].append(np.full(k, min(hh, P), np.int16))
-                cols["valid_w"].append(np.full(k, min(ww, P), np.int16))
-                n += k
-                bar.update(k)
+    for i, vol, voxel, planes, sections in plans:
+        view = vol.as_uint8() if hasattr(vol, "as_uint8") else vol
+        data = view
+        nbytes = int(np.prod(vol.shape))
+        if len(planes) > 1 and nbytes <= params.max_volume_mb * 2**20:
+            try:
+                data = np.asarray(view[0:vol.shape[0]])  # xz/yz planes: read the volume once
+            except Exception as exc:  # noqa: BLE001
+                errors.append({"source": source.name, "file": _item_label(source, vol), "error": str(exc)})
+                continue
+        for sec in sections:
+            try:
+                image = read_section(data, sec) if data is not view or sec.plane != "xy" \
+                    else np.asarray(view[sec.index:sec.index + 1])[0]
+            except Exception as exc:  # noqa: BLE001 - a corrupt slice/file is reported and skipped
+                errors.append({"source": source.name, "file": _item_label(source, vol),
+                               "plane": sec.plane, "index": sec.index, "error": str(exc)})
+                bar.update(count_tiles(*section_shape(vol.shape, sec.plane), P, params.small_images))
+                continue
+            image = np.asarray(image, dtype=np.uint8)
+            patches, origins = extract_patches(image, P, params.small_images)
+            k = len(patches)
+            if k == 0:
+                continue
+            scratch[n:n + k] = patches
+            hashes.append(dhash_batch(patches, params.hash_size))
+            for key, v in heuristic_scores(patches, params.flat_std).items():
+                scores[key].append(v)
+            hh, ww = image.shape
+            cols["item"].append(np.full(k, i, np.int32))
+            cols["plane"].append(np.full(k, PLANE_CODES.index(sec.plane), np.uint8))
+            cols["index"].append(np.full(k, sec.index, np.int32))
+            cols["y"].append(origins[:, 0].astype(np.int32))
+            cols["x"].append(origins[:, 1].astype(np.int32))
+            cols["valid_h"].append(np.full(k, min(hh, P), np.int16))
+            cols["valid_w"].append(np.full(k, min(ww, P), np.int16))
+            n += k
+            bar.update(k)
     bar.close()
 
     def cat(parts, dtype):

@@ -37,14 +37,24 @@ CEM500K_CITATION = {
 }
 
 
-def _require():
+def _require() -> None:
+    """Fail clearly when bioimageio.core is missing or cannot work with the installed pydantic."""
     try:
         import bioimageio.core  # noqa: F401
-        import bioimageio.spec  # noqa: F401
+        import bioimageio.spec
+        import pydantic
+        from bioimageio.spec.model import v0_5 as spec
     except ImportError as exc:
         raise CemkitError(
-            "BioImage Model Zoo export needs bioimageio.core: pip install 'cemkit[bioimageio]' "
+            "BioImage Model Zoo export needs bioimageio.core: pip install 'cemkit[export]' "
             f"({exc.name} is missing)") from None
+    try:  # bioimageio.spec 0.5.12 cannot serialise file entries with pydantic >= 2.14
+        spec.FileDescr(source=Path(__file__)).model_dump(mode="json")
+    except Exception as exc:  # noqa: BLE001
+        raise CemkitError(
+            f"bioimageio.spec {bioimageio.spec.__version__} does not work with pydantic "
+            f"{pydantic.VERSION} ({type(exc).__name__}: {str(exc)[:160]}); install "
+            f"'pydantic<2.14' (pip install 'cemkit[export]') or a newer bioimageio.spec") from None
 
 
 def _test_input(frames: int, tile: int, seed: int = 0) -> np.ndarray:
@@ -69,6 +79,7 @@ def _cover(image: np.ndarray, prediction: np.ndarray, path: Path) -> None:
 
 def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, tile: int = 256,
                       output: str = "probabilities", opset: int = 17, tolerance: float = 1e-4,
+                      weight_formats: Sequence[str] = ("torchscript", "onnx"),
                       name: str | None = None, description: str | None = None,
                       authors: Sequence[str] = (), licence: str = "CC-BY-4.0",
                       tags: Sequence[str] = (), cite: Sequence[dict[str, str]] = (),
@@ -94,6 +105,10 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
     stride = int(model.max_stride)
     tile = max(stride, -(-int(tile) // stride) * stride)
     name = name or f"cemkit {meta.get('arch', model.arch)} {frames}fm segmentation"
+    unknown = set(weight_formats) - {"torchscript", "onnx"}
+    if unknown or not weight_formats:
+        raise ConfigError(f"bioimageio weight formats must be torchscript and/or onnx, got "
+                          f"{list(weight_formats)}")
     if not authors:
         raise ConfigError("a bioimage.io package needs at least one author: set "
                           "bioimageio.authors=[\"Your Name\"]")
@@ -102,10 +117,18 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
     try:
         files = work / "files"
         files.mkdir()
-        ts = export_torchscript(model, meta, files / "weights.pt", tile=tile, output=output,
-                                tolerance=tolerance, source=source)
-        ox = export_onnx(model, meta, files / "weights.onnx", tile=tile, output=output,
-                         opset=opset, tolerance=tolerance, source=source)
+        weights: dict[str, Any] = {}
+        if "torchscript" in weight_formats:
+            ts = export_torchscript(model, meta, files / "weights.pt", tile=tile, output=output,
+                                    tolerance=tolerance, source=source)
+            weights["torchscript"] = spec.TorchscriptWeightsDescr(
+                source=ts, pytorch_version=spec.Version(torch.__version__.split("+")[0]))
+        if "onnx" in weight_formats:
+            ox = export_onnx(model, meta, files / "weights.onnx", tile=tile, output=output,
+                             opset=opset, tolerance=tolerance, source=source)
+            weights["onnx"] = spec.OnnxWeightsDescr(
+                source=ox, opset_version=int(opset),
+                parent="torchscript" if "torchscript" in weights else None)
 
         raw = _test_input(frames, tile)
         if norms is not None:
@@ -173,7 +196,11 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
             f"* Output: `(batch, {y.shape[1]}, y, x)` {out.description}.\n"
             f"* y and x: multiples of {stride} (other sizes work too: the model pads and crops).\n"
             f"* Exported by cemkit from `{Path(source).name if source else 'a checkpoint'}`; "
-            f"TorchScript and ONNX weights reproduce PyTorch within {tolerance:g}.\n",
+            f"{' and '.join(weights)} weights reproduce PyTorch within {tolerance:g}.\n\n"
+            f"## Validation\n\nExported weights are checked against the PyTorch model on random "
+            f"inputs of other sizes than the test tile (max absolute difference <= {tolerance:g}) "
+            f"and the package is validated with `bioimageio.core.test_model`. Segmentation quality "
+            f"should be measured on your own labelled volumes with `cemkit evaluate`.\n",
             encoding="utf-8")
 
         cites = [spec.CiteEntry(**c) for c in (cite or [CEM500K_CITATION])]
@@ -186,11 +213,7 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
             tags=list(tags) or ["electron-microscopy", "segmentation", "2d", "cemkit", "pytorch",
                                 "onnx"],
             inputs=[inp], outputs=[out],
-            weights=spec.WeightsDescr(
-                torchscript=spec.TorchscriptWeightsDescr(
-                    source=ts, pytorch_version=spec.Version(torch.__version__.split("+")[0])),
-                onnx=spec.OnnxWeightsDescr(source=ox, opset_version=int(opset),
-                                           parent="torchscript")),
+            weights=spec.WeightsDescr(**weights),
         )
         staged = work / (path.name if path.suffix == ".zip" else "package")
         if path.suffix == ".zip":

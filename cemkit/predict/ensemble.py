@@ -78,12 +78,12 @@ class RunningEnsemble:
 
     def add(self, prob: np.ndarray) -> None:
         term = model_votes(prob, self.threshold) if self.method == "vote" else prob
-        term = np.float32(self.weights[self._next]) * term
+        weight = np.float32(self.weights[self._next])
         self._next += 1
-        if self.total is None:
-            self.total = term.astype(np.float32, copy=False)
+        if self.total is None:  # a single model keeps its map as is (no copy)
+            self.total = term.astype(np.float32, copy=False) if weight == 1 else weight * term
         else:
-            self.total += term
+            self.total += weight * term
 
     def result(self) -> np.ndarray:
         if self._next != len(self.weights):

@@ -75,7 +75,8 @@ class PredictSettings:
     resume: bool = True
     progress: bool = True
 
-    def check(self, n_models: int) -> None:
+    def check(self, n_models: int | None) -> None:
+        """Raise :class:`ConfigError` naming every bad setting (weights only when ``n_models`` is known)."""
         problems = []
         if self.tile_size < 8:
             problems.append(f"tile_size={self.tile_size} (must be >= 8)")
@@ -97,6 +98,8 @@ class PredictSettings:
             problems.append(f"connectivity={self.connectivity} (1, 2 or 3)")
         if problems:
             raise ConfigError("predict: bad settings: " + "; ".join(problems))
+        if n_models is None:
+            return
         try:
             normalised_weights(n_models, self.ensemble, self.weights)
         except ValueError as exc:
@@ -192,9 +195,18 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     output = Path(output)
     t_start = time.perf_counter()
 
+    # cheap checks first: settings, checkpoint files, the input volume; then load the models
+    s.check(None)
+    if s.output_format == "png" and s.prob_dtype != "uint8":
+        logger.info("output_format=png: probabilities are written as uint8 (x255)")
+        s.prob_dtype = "uint8"
+    ckpts = resolve_checkpoints(checkpoint) if models is None else None
+    n_models = len(ckpts) if models is None else len(models)
+    s.check(n_models)
+    vol = open_volume(input_path, key=input_key)
+    src = vol.as_uint8()
     paths: list[Path | None]
     if models is None:
-        ckpts = resolve_checkpoints(checkpoint)
         models = load_segmenters(ckpts, device)
         paths = list(ckpts)
     else:
@@ -202,13 +214,6 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         for m in models:
             m.module.to(device).eval()
         paths = [None] * len(models)
-    s.check(len(models))
-    if s.output_format == "png" and s.prob_dtype != "uint8":
-        logger.info("output_format=png: probabilities are written as uint8 (x255)")
-        s.prob_dtype = "uint8"
-
-    vol = open_volume(input_path, key=input_key)
-    src = vol.as_uint8()
     depth, height, width = vol.shape
     channels = output_channels(models, device)
     multi = channels > 1

@@ -138,7 +138,8 @@ class SlabPredictor:
         bs = max(1, int(self.settings.batch_size))
         for model in self.models:
             ctx = np.stack([frame_indices(z, depth, model.frames) - lo for z in range(z0, z1)])
-            mean, std = (np.float32(v) for v in model.norms)
+            mean, std = (float(v) for v in model.norms)
+            scale, shift = 1.0 / (255.0 * std), mean / std   # (x / 255 - mean) / std
             fn = self._model_fn(model)
             variants = self.variants[model.frames]
             acc = None
@@ -146,15 +147,15 @@ class SlabPredictor:
                 batch = positions[b:b + bs]
                 tiles = np.stack([padded[ctx[j], y:y + t, x:x + t] for j, y, x in batch])
                 x_in = torch.from_numpy(tiles).to(self.device, non_blocking=True).float()
-                x_in = (x_in / 255.0 - mean) / std
+                x_in.mul_(scale).sub_(shift)
                 out = tta_apply(fn, x_in, variants).float().cpu().numpy()
                 if acc is None:
                     acc = np.zeros((z1 - z0, out.shape[1], *geom.padded_shape), dtype=np.float32)
-                out *= self.weights_map
+                np.multiply(out, self.weights_map, out=out)
                 for (j, y, x), pred in zip(batch, out):
                     acc[j, :, y:y + t, x:x + t] += pred
             acc /= wsum
-            ens.add(np.ascontiguousarray(geom.crop(acc)))
+            ens.add(geom.crop(acc))
             del acc
         return ens.result()
 

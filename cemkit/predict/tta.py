@@ -109,6 +109,9 @@ def tta_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         Input batch.
     variants : list of Variant
     """
+    if len(variants) == 1:
+        v = variants[0]
+        return v.inverse(fn(v.forward(x)))
     total = None
     for v in variants:
         out = v.inverse(fn(v.forward(x))).float()

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,11 +78,19 @@ def _strategy(trainer_cfg: DictConfig):
     return strategy
 
 
-def run(cfg: DictConfig) -> None:
-    """Train MoCo v2 as configured by ``conf/pretrain.yaml`` and export the encoder."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
+    """Train MoCo v2 as configured by ``conf/pretrain.yaml`` and export the encoder.
 
+    Parameters
+    ----------
+    cfg
+        The composed ``pretrain`` config.
+    extra_callbacks
+        More Lightning callbacks (library use and tests).
+    """
+    import pytorch_lightning as pl
+
+    from cemkit.pretrain.checkpoints import LastCheckpoint
     from cemkit.pretrain.data import PretrainDataModule, open_source
     from cemkit.pretrain.export import export_encoder
     from cemkit.pretrain.module import MoCoModule
@@ -117,10 +126,9 @@ def run(cfg: DictConfig) -> None:
     if logger is not None:
         logger.log_hyperparams(resolved)
     ckpt_dir = output / CHECKPOINT_DIR
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", save_last=True, save_top_k=0,
-                                 every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_on_train_epoch_end=True,
-                                 auto_insert_metric_name=False)
-    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck()]
+    checkpoint = LastCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", save_last=True, save_top_k=0,
+                                every_n_train_steps=int(cfg.checkpoint_every_n_steps), auto_insert_metric_name=False)
+    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck(), *extra_callbacks]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(max_steps=steps, max_epochs=-1)
     trainer_cfg["strategy"] = _strategy(cfg.trainer)

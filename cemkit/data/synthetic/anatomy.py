@@ -329,7 +329,7 @@ def cristae(rng, shape, voxel_size, instances, params) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------- vesicles
-def vesicles(rng, shape, voxel_size, cell_id, face, nuc_sdf, mito_depth, instances):
+def vesicles(rng, shape, voxel_size, cell_id, face, nuc_sdf, instances):
     """Small round vesicles in clusters (synaptic-bouton-like) plus scattered larger ones.
 
     Returns the signed distance (nm) to the nearest vesicle surface, capped at +-40 nm.
@@ -340,11 +340,17 @@ def vesicles(rng, shape, voxel_size, cell_id, face, nuc_sdf, mito_depth, instanc
     sdf = np.full(shape, 40.0, dtype=np.float32)
     vol_um3 = float(np.prod(ext)) * 1e-9
     centres, radii = [], []
-    n_clusters = max(1, rng.poisson(2.5 * vol_um3 + 1.0))
-    for _ in range(n_clusters):
-        c = rng.uniform(0, 1, size=3) * ext
+    n_clusters = max(1, rng.poisson(6.0 * vol_um3 + 1.5))
+    deep = face >= FACE_CAP_NM
+    deep &= instances == 0
+    if nuc_sdf is not None:
+        deep &= nuc_sdf > 150.0
+    deep_idx = np.flatnonzero(deep)
+    for _ in range(n_clusters if deep_idx.size else 0):
+        # clusters sit in cell interiors (synaptic boutons)
+        c = (np.array(np.unravel_index(deep_idx[rng.integers(deep_idx.size)], shape)) + 0.5) * vs
         spread = rng.uniform(80.0, 180.0)
-        k = rng.integers(15, 50)
+        k = rng.integers(20, 60)
         centres.append(c + rng.normal(0, 1, size=(k, 3)) * spread * np.array([0.6, 1, 1]))
         radii.append(rng.uniform(17.0, 27.0, size=k))
     k = rng.poisson(6.0 * vol_um3 + 1)
@@ -385,5 +391,5 @@ def build_anatomy(rng, shape, voxel_size, *, nucleus=True, mito_fraction=None) -
     frac = rng.uniform(0.06, 0.11) if mito_fraction is None else float(mito_fraction)
     instances, depth, params = mitochondria(rng, shape, voxel_size, cell_id, face, nuc, frac)
     cri = cristae(rng, shape, voxel_size, instances, params)
-    ves = vesicles(rng, shape, voxel_size, cell_id, face, nuc, depth, instances)
+    ves = vesicles(rng, shape, voxel_size, cell_id, face, nuc, instances)
     return Anatomy(cell_id, face, nuc, instances, depth, cri, ves, n_cells)

@@ -56,7 +56,7 @@ def smooth_noise(
 
     Cubic B-spline interpolation of i.i.d. normal control points spaced ``scale_nm`` apart in
     physical space, so the field has the same physical smoothness along anisotropic axes.
-    Values have roughly zero mean and unit standard deviation.
+    Values have zero mean in expectation and unit root-mean-square.
 
     Parameters
     ----------
@@ -94,10 +94,11 @@ def smooth_noise(
     for axis, mat in enumerate(mats):
         if mat is not None:
             field = np.moveaxis(np.tensordot(mat, field, axes=([1], [axis])), 0, axis)
-    # Cubic B-spline smoothing shrinks the variance by about 0.48 per axis ... normalise.
-    std = float(field.std())
-    return field / std if std > 0 else field
-
+    # Smoothing shrinks the variance; rescale to unit root-mean-square (not the realised std:
+    # a field with few control points can be mostly offset, and dividing by its small std
+    # would blow it up).
+    rms = float(np.sqrt(np.mean(np.square(field, dtype=np.float64))))
+    return field / np.float32(rms) if rms > 0 else field
 
 def axis_coords(shape: tuple[int, ...], voxel_size: tuple[float, ...]) -> list[np.ndarray]:
     """Physical coordinates (nm) of voxel centres along each axis, as 1D float32 arrays."""

@@ -32,7 +32,9 @@ def _overlay(slice_u8: np.ndarray, lab: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def montage_array(image: np.ndarray, labels: np.ndarray | None = None, n: int = 4, alpha: float = 0.35, gap: int = 4) -> np.ndarray:
+def montage_array(
+    image: np.ndarray, labels: np.ndarray | None = None, n: int = 4, alpha: float = 0.35, gap: int = 4
+) -> np.ndarray:
     """RGB uint8 montage: one row per slice, columns image | image with label overlay.
 
     Parameters
@@ -74,7 +76,9 @@ def montage_array(image: np.ndarray, labels: np.ndarray | None = None, n: int = 
     return out
 
 
-def save_montage(path_png, image: np.ndarray, labels: np.ndarray | None = None, n: int = 4, alpha: float = 0.35) -> Path:
+def save_montage(
+    path_png, image: np.ndarray, labels: np.ndarray | None = None, n: int = 4, alpha: float = 0.35
+) -> Path:
     """Save a PNG montage of ``n`` evenly spaced slices: image | image with coloured labels.
 
     The file is written to a temporary name next to ``path_png`` and renamed into place.

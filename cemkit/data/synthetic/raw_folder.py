@@ -7,7 +7,8 @@ Layout written under ``root`` (the top-level entries are the source datasets)::
                             every distinct image from its own seed; plus injected items
       lab_b_stack.tif       anisotropic multi-page tif (style 2, 50 x 10 x 10 nm, ImageJ
                             voxel size), consecutive sections of one volume; plus injected pages
-      lab_c_fib.mrc         near-isotropic FIB-SEM volume (style 1, 8 x 8 x 8 nm in the header),
+      lab_c_fib.mrc         near-isotropic FIB-SEM volume (style 1, 8 x 8 x 8 nm in the header,
+                            uint16 counts = grey * 100 + 1000),
                             so curation also cuts xz / yz planes; the last slices are blank
                             (milling not started yet) -- injected, recorded
       lab_d.h5              inverted-contrast FIB-SEM stack in dataset ``"raw"`` (style 3,
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: kinds of injected items
 INJECTED_KINDS = ("exact_duplicate", "near_duplicate", "blank", "low_contrast", "artefact")
+#: the mrc source stores uint16 counts = grey level * gain + offset
+_MRC_GAIN, _MRC_OFFSET = 100, 1000
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class SourceInfo:
         z indices holding genuine, not-injected content.
     key : str or None
         Dataset key (h5).
+    dtype : str
+        Stored dtype (``uint8``; the mrc holds ``uint16`` detector counts).
     """
 
     name: str
@@ -109,6 +114,7 @@ class SourceInfo:
     style: str
     distinct: tuple[int, ...]
     key: str | None = None
+    dtype: str = "uint8"
 
 
 @dataclass
@@ -324,7 +330,9 @@ def write_raw_folder(
     root.mkdir(parents=True, exist_ok=True)
     info = RawFolderInfo(root=root)
     fib_shape = tuple(fib_shape) if fib_shape is not None else (224, 256, 256)
-    all_kinds = ["exact_duplicate", "near_duplicate", "near_duplicate", "near_duplicate", "blank", "low_contrast", "artefact"]
+    all_kinds = [
+        "exact_duplicate", "near_duplicate", "near_duplicate", "near_duplicate", "blank", "low_contrast", "artefact",
+    ]
 
     for k in range(int(n_sources)):
         src_seed = _sub_seed(seed, 10 + k)
@@ -341,15 +349,16 @@ def write_raw_folder(
             info.sources.append(SourceInfo(name, name, "tif", stack.shape, vs, _style_name(2), distinct))
         elif k == 2:
             name, vs = "lab_c_fib.mrc", (8.0, 8.0, 8.0)
-            vol = make_volume(fib_shape, seed=src_seed, style=1, voxel_size=vs).image
+            # 16-bit detector counts, as FIB-SEM software writes them
+            vol = make_volume(fib_shape, seed=src_seed, style=1, voxel_size=vs).image.astype(np.uint16)
+            vol = vol * np.uint16(_MRC_GAIN) + np.uint16(_MRC_OFFSET)
             n_blank = max(1, fib_shape[0] // 32)
-            level = int(rng.integers(40, 200))
-            vol[-n_blank:] = level  # milling had not reached the block yet
+            vol[-n_blank:] = int(rng.integers(40, 200)) * _MRC_GAIN + _MRC_OFFSET  # milling not there yet
             for z in range(fib_shape[0] - n_blank, fib_shape[0]):
                 info.injected.append(InjectedItem("blank", name, name, z, None, "uniform (end of stack)"))
             _write_mrc(root / name, vol, vs, mrcfile)
             distinct = tuple(range(fib_shape[0] - n_blank))
-            info.sources.append(SourceInfo(name, name, "mrc", vol.shape, vs, _style_name(1), distinct))
+            info.sources.append(SourceInfo(name, name, "mrc", vol.shape, vs, _style_name(1), distinct, dtype="uint16"))
         elif k == 3:
             name, vs = "lab_d.h5", (20.0, 5.0, 5.0)
             slices = _volume_slices((depth, size, size), src_seed, 3, vs)

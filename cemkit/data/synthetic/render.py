@@ -63,7 +63,7 @@ def stain_density(rng, anat: Anatomy, style: Style, voxel_size) -> np.ndarray:
     # vesicles: dark rim, pale lumen
     ves = anat.vesicle_sdf
     _blend(s, np.float32(cyto - 0.12), (ves < 0).astype(np.float32) * 0.7)
-    _blend(s, np.float32(min(style.membrane_stain, 0.8)), np.exp(-((ves + 3.0) / 6.0) ** 2))
+    _blend(s, np.float32(min(style.membrane_stain, 0.8)), np.exp(-((ves + 4.0) / 7.5) ** 2))
 
     # mitochondria: dark matrix, pale cristae lamellae, dark double outer membrane
     m = anat.instances > 0
@@ -87,7 +87,7 @@ def image_from_stain(rng, stain: np.ndarray, style: Style, voxel_size) -> np.nda
     # uneven illumination (same for the whole stack) and per-slice brightness flicker
     ext_px = max(shape[1], shape[2])
     illum = smooth_noise(rng, shape[1:], (1.0, 1.0), ext_px * 0.6)
-    g *= 1.0 + style.illumination * illum[None]
+    g *= np.clip(1.0 + style.illumination * illum[None], 0.6, 1.4)
     g += rng.normal(0.0, style.flicker, size=(shape[0], 1, 1)).astype(np.float32)
     if style.blur_sigma > 0:
         g = ndimage.gaussian_filter(g, sigma=(0, style.blur_sigma, style.blur_sigma), mode="nearest")

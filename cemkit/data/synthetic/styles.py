@@ -89,8 +89,8 @@ STYLES: tuple[Style, ...] = (
     # Weakly stained, low-contrast, bright, noisy, large pixels (older SBEM of a different tissue).
     Style(
         name="sbem_lowcontrast", voxel_size=(50.0, 10.0, 10.0), black=95.0, white=200.0, gamma=1.3,
-        membrane_stain=0.5, cytoplasm_stain=0.35, mito_stain=0.55, cristae_contrast=0.1,
-        granularity=0.1, photons=45.0, read_noise=6.0, blur_sigma=0.8, noise_blur=0.3,
+        membrane_stain=0.65, cytoplasm_stain=0.35, mito_stain=0.58, cristae_contrast=0.1,
+        granularity=0.1, photons=70.0, read_noise=6.0, blur_sigma=0.8, noise_blur=0.3,
         illumination=0.12, flicker=3.0,
     ),
     # Raw back-scatter FIB-SEM: inverted contrast (stain bright on dark), strong stain.

@@ -1,0 +1,180 @@
+"""The demo's HTML report: data, curation, training curves, overlays, metric table, commands."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cemkit.demo.pipeline import INITS, MODELS, DemoResult
+
+TABLE_METRICS = ("iou", "dice", "precision", "recall", "v_rand", "v_info", "object_f1")
+
+
+def _img_tag(png: Path | bytes, width: int | None = None, alt: str = "") -> str:
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    w = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}"{w} src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def read_metric_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a Lightning CSVLogger ``metrics.csv`` into ``{column: (steps, values)}`` (blank cells skipped)."""
+    series: dict[str, tuple[list, list]] = {}
+    if not path.exists():
+        return {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            step = row.get("step")
+            if step in (None, ""):
+                continue
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(int(float(step)))
+                values.append(float(value))
+    return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()}
+
+
+def _curves_png(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for label, (x, y) in curves.items():
+            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if curves:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def metric_value(metrics: dict, name: str) -> float | None:
+    """Pick one number out of an evaluate ``metrics.json`` (layouts: flat, or grouped by section)."""
+    aliases = {"iou": ("foreground_iou", "iou"), "object_f1": ("object_f1", "f1"), "dice": ("dice", "f1_pixel")}
+    names = aliases.get(name, (name,))
+    stack = [metrics]
+    while stack:
+        node = stack.pop(0)
+        if not isinstance(node, dict):
+            continue
+        for n in names:
+            if isinstance(node.get(n), (int, float)):
+                return float(node[n])
+        stack.extend(v for k, v in node.items() if isinstance(v, dict) and k not in ("sweep", "per_image"))
+    return None
+
+
+def _metric_table(result: DemoResult) -> str:
+    head = "".join(f"<th>{m}</th>" for m in TABLE_METRICS)
+    rows = []
+    for init in INITS:
+        best_single = max((metric_value(result.metrics[init][m], "iou") or 0.0) for m in MODELS[:-1])
+        for model in MODELS:
+            vals = [metric_value(result.metrics[init][model], m) for m in TABLE_METRICS]
+            cells = "".join(f"<td>{'' if v is None else f'{v:.3f}'}</td>" for v in vals)
+            style = ' class="ens"' if model == "ensemble" else ""
+            rows.append(f"<tr{style}><td>{init}</td><td>{model}</td>{cells}</tr>")
+        ens = metric_value(result.metrics[init]["ensemble"], "iou") or 0.0
+        verdict = "at least as good as" if ens >= best_single - 1e-9 else "below"
+        rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">{init}: ensemble IoU {ens:.3f} is '
+                    f"{verdict} the best single model ({best_single:.3f})</td></tr>")
+    return f"<table><tr><th>encoder init</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _curation_table(corpus: Path) -> str:
+    meta_path = corpus / "metadata.json"
+    if not meta_path.exists():
+        return "<p>(no corpus metadata)</p>"
+    meta = json.loads(meta_path.read_text())
+    rows = []
+    for name, counts in (meta.get("sources") or {}).items():
+        if isinstance(counts, dict):
+            cells = "".join(f"<td>{html.escape(str(counts.get(k, '')))}</td>" for k in ("patches", "after_dedup", "kept"))
+            rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    table = ("<table><tr><th>source</th><th>patches</th><th>after dedup</th><th>kept</th></tr>" + "".join(rows) + "</table>") if rows else ""
+    summary = {k: meta[k] for k in ("counts", "mean", "std") if k in meta}
+    return table + f"<pre>{html.escape(json.dumps(summary, indent=1))}</pre>" + \
+        '<p>Full curation report with duplicate groups and rejected patches: <a href="corpus/report.html">corpus/report.html</a></p>'
+
+
+def write_report(result: DemoResult) -> Path:
+    """Write ``<output>/report.html`` and return its path."""
+    out = result.output
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cemkit demo report</title><style>",
+             "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}tr.ens td{font-weight:bold}"
+             "td.note{text-align:left;font-style:italic}pre{background:#f6f6f6;padding:6px}img{margin:4px}",
+             "</style></head><body><h1>cemkit demo</h1>",
+             "<p>The whole pipeline on built-in synthetic EM data: curate several synthetic sources, pretrain a MoCoV2 "
+             "encoder briefly, finetune 1fm/3fm/5fm models from that encoder and from random init, predict a held-out "
+             "volume with test-time augmentation and the 1fm/3fm/5fm ensemble, evaluate against its labels.</p>"]
+
+    parts.append("<h2>1. Synthetic data</h2><p>Held-out test volume: slices with their mitochondria labels.</p>")
+    montage = out / "data" / "montage.png"
+    if montage.exists():
+        parts.append(_img_tag(montage, width=1000, alt="synthetic EM montage"))
+
+    parts.append("<h2>2. Curation</h2>" + _curation_table(out / "corpus"))
+
+    pre = read_metric_log(out / "pretrain" / "logs" / "metrics.csv")
+    panels = [("pretrain: InfoNCE loss", {k: v for k, v in pre.items() if k.startswith("train/loss")}),
+              ("pretrain: contrastive top-1", {k: v for k, v in pre.items() if k.startswith("train/acc")})]
+    parts.append("<h2>3. Pretraining (MoCoV2)</h2>" + _img_tag(_curves_png(panels), alt="pretrain curves"))
+    views = sorted((out / "pretrain" / "images").glob("*.png"))
+    if views:
+        parts.append("<p>Augmented view pairs:</p>" + _img_tag(views[0], width=700, alt="view pairs"))
+
+    panels = []
+    for init in INITS:
+        for key, title in (("train/loss", "train loss"), ("val/iou", "validation IoU")):
+            curves = {}
+            for model in MODELS[:-1]:
+                logs = read_metric_log(out / f"finetune_{init}" / model / "logs" / "metrics.csv")
+                if key in logs:
+                    curves[model] = logs[key]
+            panels.append((f"{init}: {title}", curves))
+    parts.append("<h2>4. Finetuning</h2>" + _img_tag(_curves_png(panels), alt="finetune curves"))
+
+    parts.append("<h2>5. Predictions on the held-out volume</h2>")
+    for init in INITS:
+        overlays = sorted((out / "predict" / f"{init}_ensemble" / "overlays").glob("*.png"))[:2]
+        if overlays:
+            parts.append(f"<p>{init} encoder, ensemble:</p>" + "".join(_img_tag(p, width=480, alt=p.name) for p in overlays))
+
+    parts.append("<h2>6. Metrics on the held-out volume</h2>" + _metric_table(result))
+    parts.append("<p>iou, dice, precision, recall: foreground, pooled over the volume; v_rand / v_info: "
+                 "foreground-restricted Rand and information scores of 3-D connected components; object_f1: "
+                 "mitochondria matched at IoU >= 0.5.</p>")
+
+    rows = "".join(f"<tr><td style='text-align:left'><code>{html.escape(r.command)}</code></td><td>{r.seconds:.1f}"
+                   f"{' (earlier run)' if r.skipped else ''}</td></tr>" for r in result.runs)
+    parts.append("<h2>7. Commands (equivalent CLI calls) and their time [s]</h2><table>" + rows + "</table>")
+    parts.append("</body></html>")
+
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)
+    return path
