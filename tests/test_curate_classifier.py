@@ -42,7 +42,7 @@ def test_train_apply_save_load(tmp_path):
     bad = np.clip(rng.normal(rng.uniform(60, 200, (48, 1, 1)), 6, (48, 112, 112)), 0, 255).astype(np.uint8)
     x = np.concatenate([good, bad])
     y = np.r_[np.ones(len(good)), np.zeros(len(bad))]
-    cfg = ClassifierConfig(input_size=32, epochs=3, batch_size=16, lr=3e-3, val_fraction=0.25)
+    cfg = ClassifierConfig(input_size=32, epochs=3, batch_size=16, lr=3e-3, val_fraction=0.25, threads=1)
     clf = train_classifier(x, y, cfg, seed=0)
     assert clf.metrics["n_val"] == 24 and clf.metrics["n_train"] == 72
     assert clf.metrics["val_auroc"] >= 0.9

@@ -156,7 +156,7 @@ def test_tiny_training_learns_for_every_frame_count(trained_all, frames):
     run = trained_all / f"{frames}fm"
     result = json.loads((run / "result.json").read_text())
     hist = result["history"]
-    assert [h["step"] for h in hist] == [20, 40, 60]
+    assert [h["step"] for h in hist] == [30, 60]
     # Threshold: the validation slices are ~5 % mitochondria, so predicting all background gives
     # IoU 0 and all foreground ~0.05; 0.5 needs most mitochondria found with few false positives.
     # The tiny runs reach ~0.85-0.9 (seed 42), so 0.5 leaves room for platform differences.

@@ -228,3 +228,68 @@ def test_lr_schedules():
         LRSchedule(10, "linear")
     with pytest.raises(ConfigError):
         LRSchedule(10, "step", [120, 160])
+
+
+# ----------------------------------------------------------------------------- sources and command helpers
+
+
+def _write_corpus(root, patches, mean=0.4, std=0.2):
+    """A minimal corpus in the `cemkit curate` layout (shards/*.npy + metadata.json)."""
+    import json
+
+    (root / "shards").mkdir(parents=True)
+    np.save(root / "shards" / "patches_00000.npy", patches)
+    meta = {"format": "cemkit-corpus", "version": 1, "patch_size": patches.shape[1], "mean": mean, "std": std,
+            "shards": [{"file": "shards/patches_00000.npy", "count": len(patches)}]}
+    (root / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_sources_corpus_and_images(tmp_path):
+    from cemkit.io import write_png_folder
+    from cemkit.pretrain.data import open_source
+
+    patches = np.stack([np.full((32, 32), 10 * i, np.uint8) for i in range(5)])
+    _write_corpus(tmp_path / "corpus", patches)
+    src = open_source({"corpus": str(tmp_path / "corpus"), "images": None})
+    assert len(src) == 5 and (src.mean, src.std) == (0.4, 0.2)
+    assert np.array_equal(src.patches[3], patches[3]) and src.source_id.startswith("corpus-")
+    assert open_source({"corpus": str(tmp_path / "corpus"), "mean": 0.5}).mean == 0.5
+
+    img = np.zeros((2, 100, 130), np.uint8)
+    img[0, :, :65], img[1] = 200, 100
+    write_png_folder(tmp_path / "imgs", img)
+    src = open_source({"images": str(tmp_path / "imgs"), "tile_size": 50})
+    assert len(src) == 2 * 2 * 2  # two 100 x 130 images -> 2 x 2 tiles of 50 px each
+    assert src.mean == pytest.approx((0.5 * 200 + 100) / 2 / 255)
+    assert src.patches[0].shape == (50, 50)
+    whole = open_source({"images": str(tmp_path / "imgs"), "tile_size": None})
+    assert len(whole) == 2 and whole.patches[1].shape == (100, 130)
+    with pytest.raises(ConfigError, match="exactly one"):
+        open_source({"corpus": None, "images": None})
+    from cemkit.errors import InputError
+
+    with pytest.raises(InputError, match="not a cemkit corpus"):
+        open_source({"corpus": str(tmp_path / "imgs")})
+
+
+def test_ckpt_path_and_run_length(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cemkit.errors import InputError
+    from cemkit.pretrain.command import resolve_ckpt_path, total_steps
+
+    assert resolve_ckpt_path(None, tmp_path) is None
+    assert resolve_ckpt_path("auto", tmp_path) is None
+    with pytest.raises(InputError, match="last.ckpt"):
+        resolve_ckpt_path("last", tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"epochs": 3, "data": {"batch_size": 8}, "trainer": {"max_steps": 5}})
+    assert total_steps(cfg, num_patches=30) == 3 * 3
+    cfg.epochs = None
+    assert total_steps(cfg, num_patches=30) == 5
+    cfg.trainer.max_steps = -1
+    with pytest.raises(ConfigError):
+        total_steps(cfg, 30)

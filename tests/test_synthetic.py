@@ -23,7 +23,7 @@ from cemkit.data.synthetic import (
 )
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cdeep3m_mito"
-SHAPE = (8, 160, 160)
+SHAPE = (6, 160, 160)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,17 @@ def test_labels_consistent_with_image(per_style):
             assert inside > outside + 15, (name, inside, outside)
         else:
             assert inside < outside - 10, (name, inside, outside)
+
+
+def test_small_volumes_still_have_mitochondria():
+    """Fields smaller than a cell (tiny test volumes) still get consistent mitochondria."""
+    for shape, seed in (((3, 64, 64), 2), ((4, 64, 64), 0), ((1, 48, 48), 1)):
+        sv = make_volume(shape, seed=seed)
+        assert 0 < sv.mito.mean() < 0.5, (shape, sv.mito.mean())
+        np.testing.assert_array_equal(sv.instances > 0, sv.mito == 1)
+        for i, sl in enumerate(ndimage.find_objects(sv.instances), start=1):
+            assert ndimage.label(sv.instances[sl] == i)[1] == 1
+        assert sv.image[sv.mito == 1].mean() < sv.image[sv.mito == 0].mean()
 
 
 def test_mito_pixels_drawn_as_mito_without_noise():

@@ -412,3 +412,15 @@ def test_card_roundtrip_through_yaml(tmp_path):
     assert card.sha256 == "a" * 64 and card.filename == "r.ckpt"
     path = cards_mod.write_card(card, tmp_path)
     assert read_card(path) == card
+
+
+def test_explicit_norms_at_registration_win_over_the_checkpoint(tmp_path, cache):
+    pytest.importorskip("cemkit.models.encoders")
+    ckpt = tmp_path / "moco.pth"
+    ckpt.write_bytes(_checkpoint_bytes(norms=(0.6, 0.11)))
+    card = register(ckpt, norms=(0.4, 0.2))
+    assert card.normalisation.precedence == "card"
+    assert encoder_weights("zoo:moco").norms == (0.4, 0.2)
+    plain = register(ckpt, name="moco_ckpt_norms")
+    assert encoder_weights("zoo:moco_ckpt_norms").norms == (0.6, 0.11)
+    assert plain.normalisation.precedence == "checkpoint"

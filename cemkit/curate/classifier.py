@@ -86,6 +86,35 @@ class ClassifierConfig:
     lr: float = 1e-3
     val_fraction: float = 0.15
     threshold: float = 0.5
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+
+
+class _Threads:
+    """Temporarily set torch's CPU thread count (0 = leave as is)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        if self.n > 0:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _prepare(images: np.ndarray, input_size: int):
@@ -107,21 +136,24 @@ def _build(arch: str):
 class PatchClassifier:
     """A trained classifier: ``predict(images) -> P(informative)``."""
 
-    def __init__(self, model, arch: str, input_size: int, mean: float, std: float, metrics: dict | None = None):
+    def __init__(self, model, arch: str, input_size: int, mean: float, std: float, metrics: dict | None = None,
+                 threads: int = 0):
         self.model, self.arch, self.input_size = model, arch, int(input_size)
         self.mean, self.std = float(mean), float(std)
         self.metrics = dict(metrics or {})
+        self.threads = threads
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probability that each ``(N, H, W)`` uint8 patch is informative."""
         import torch
 
         self.model.eval()
+        device = next(self.model.parameters()).device
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), _Threads(self.threads):
             for s in range(0, len(images), batch_size):
                 x = (_prepare(np.asarray(images[s:s + batch_size]), self.input_size) - self.mean) / self.std
-                out.append(torch.sigmoid(self.model(x)[:, 0]).numpy())
+                out.append(torch.sigmoid(self.model(x.to(device))[:, 0]).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def save(self, path: str | Path) -> None:
@@ -133,7 +165,7 @@ class PatchClassifier:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"format": FORMAT, "version": 1, "arch": self.arch, "input_size": self.input_size,
                     "norms": [self.mean, self.std], "metrics": {k: float(v) for k, v in self.metrics.items()},
-                    "state_dict": self.model.state_dict()}, tmp)
+                    "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}}, tmp)
         os.replace(tmp, path)
 
     @classmethod
@@ -149,6 +181,30 @@ class PatchClassifier:
         model = _build(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
         return cls(model, ckpt["arch"], ckpt["input_size"], *ckpt["norms"], metrics=ckpt.get("metrics"))
+
+
+def _recompute_batchnorm(model, x, batch_size: int) -> None:
+    """Replace BatchNorm running statistics by exact averages over the training images.
+
+    With few optimisation steps the exponential running averages are far from the data's
+    statistics, and eval-mode predictions collapse to one class; a cumulative pass fixes that.
+    """
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            if len(x[s:s + batch_size]) > 1:
+                model(x[s:s + batch_size])
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig | None = None,
@@ -168,6 +224,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
     import torch
 
     cfg = cfg or ClassifierConfig()
+    with _Threads(cfg.threads):
+        return _train(images, labels, cfg, seed)
+
+
+def _train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, seed: int) -> PatchClassifier:
+    import torch
+
     labels = np.asarray(labels, dtype=np.float32)
     n = len(labels)
     if n < 4 or labels.min() == labels.max():
@@ -181,12 +244,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
     x_all = _prepare(images, cfg.input_size)
     mean = float(x_all[train].mean())
     std = float(x_all[train].std()) or 1.0
-    x_all = (x_all - mean) / std
-    y_all = torch.from_numpy(labels)
-    model = _build(cfg.arch)
+    device = _device(cfg.device)
+    x_all = ((x_all - mean) / std).to(device)
+    y_all = torch.from_numpy(labels).to(device)
+    model = _build(cfg.arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n_pos = float(labels[train].sum())
-    pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1.0))
+    pos_weight = torch.tensor((len(train) - n_pos) / max(n_pos, 1.0), device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(cfg.epochs):
@@ -206,9 +270,10 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         logger.info("classifier epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, total / max(len(train), 1))
-    clf = PatchClassifier(model, cfg.arch, cfg.input_size, mean, std)
+    _recompute_batchnorm(model, x_all[torch.from_numpy(train)], cfg.batch_size)
+    clf = PatchClassifier(model, cfg.arch, cfg.input_size, mean, std, threads=cfg.threads)
     metrics = {"n_train": len(train), "n_val": len(val)}
     if len(val):
         p = clf.predict(images[val])

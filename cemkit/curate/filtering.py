@@ -7,7 +7,7 @@ exactly that, batched over ``(N, P, P)`` uint8 patches:
 ``flat_fraction``
     Share of the patch that is locally uniform. The patch is averaged over 8 x 8 pixel blocks,
     and a block counts as flat when the standard deviation of its 3 x 3 block neighbourhood is
-    below ``flat_std + 3 * noise / 8`` grey levels, where ``noise`` is the patch's pixel noise
+    below ``flat_std + 2 * noise / 8`` grey levels, where ``noise`` is the patch's pixel noise
     (robust: ``1.4826 * median(|horizontal neighbour difference|) / sqrt(2)``); so pure noise of
     any strength is flat, while membranes and organelles are not. Default drop: ``>= 0.8``.
 ``contrast``
@@ -31,7 +31,7 @@ import numpy as np
 
 SCORE_NAMES = ("flat_fraction", "contrast", "artefact")
 BLOCK = 8  # block side (px) of the flatness test
-NOISE_K = 3.0  # noise allowance of the flatness test, in standard errors of a block mean
+NOISE_K = 2.0  # noise allowance of the flatness test, in standard errors of a block mean
 REASONS = ("low_contrast", "uniform", "artefact")
 
 

@@ -89,8 +89,8 @@ def load_segmenter(path: str | os.PathLike, map_location: str | torch.device = "
     Parameters
     ----------
     path
-        Checkpoint file. A finetune output folder of a single model (holding ``best.ckpt``) is
-        accepted too.
+        Checkpoint file. A folder holding ``best.ckpt``, or a finetune output folder with a single
+        ``{k}fm/best.ckpt``, is accepted too.
     map_location
         Device for the tensors.
 
@@ -103,8 +103,12 @@ def load_segmenter(path: str | os.PathLike, map_location: str | torch.device = "
         and ``arch``.
     """
     path = Path(path)
-    if path.is_dir() and (path / "best.ckpt").is_file():
-        path = path / "best.ckpt"
+    if path.is_dir():
+        found = [path / "best.ckpt"] if (path / "best.ckpt").is_file() else sorted(path.glob("*fm/best.ckpt"))
+        if len(found) != 1:
+            raise InputError(f"{path}: expected best.ckpt or exactly one {{k}}fm/best.ckpt, found {len(found)} "
+                             "(give the checkpoint file)")
+        path = found[0]
     ckpt = read_checkpoint(path, map_location)
     model, meta = segmenter_from_checkpoint(ckpt, str(path))
     model.to(map_location)

@@ -214,8 +214,7 @@ def _crop_padded(arr: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
     out = arr[..., ys:ye, xs:xe]
     pads = ((0, 0),) * (arr.ndim - 2) + ((ys - y0, y0 + size - ye), (xs - x0, x0 + size - xe))
     if any(p for pair in pads for p in pair):
-        mode = "reflect" if all(p < s for p, s in zip((pads[-2][0], pads[-2][1], pads[-1][0], pads[-1][1]),
-                                                     (out.shape[-2],) * 2 + (out.shape[-1],) * 2)) else "symmetric"
+        mode = "reflect" if min(out.shape[-2:]) > 1 else "edge"
         out = np.pad(out, pads, mode=mode)
     return out
 

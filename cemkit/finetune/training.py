@@ -147,10 +147,10 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result_path = out_dir / RESULT_FILE
-    resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
-    if result_path.is_file() and resume is None and not cfg.get("overwrite", False):
+    if result_path.is_file() and not cfg.get("overwrite", False):
         log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
         return json.loads(result_path.read_text())
+    resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
 
     pl.seed_everything(int(cfg.seed), workers=True)
     init = resolve_init(cfg.model.get("init"), frames)

@@ -289,7 +289,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                 write_final(z0, z1, average_views(view_stores, z0, z1, multi))
                 log.mark(f"avg:{i}")
     predict_s = time.perf_counter() - t0
-    devices.barrier()
+    devices.barrier()  # every slab of every rank is written
+    devices.shutdown_distributed()
 
     record = {
         "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
@@ -298,7 +299,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         "channels": channels, "resumed": log.resumed,
         "timings": {"predict_s": round(predict_s, 3),
                     "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
-                    if predict_s > 0 and not log.resumed else None},
+                    if predict_s > 0 and not log.resumed else None,
+                    "passes": stats},
     }
     if not info.is_main:
         return record

@@ -23,6 +23,7 @@ workers and are reproduced exactly when a run is resumed.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -115,7 +116,9 @@ class TwoViewTransform:
         """Augment ``image`` (uint8 ``(H, W)``) twice; the result depends only on ``(image, seed)``."""
         if image.dtype != np.uint8 or image.ndim != 2:
             raise ValueError(f"expected a 2D uint8 image, got {image.dtype} {image.shape}")
-        self._compose.set_random_seed(int(seed) % (2**32))
+        seed = int(seed) % (2**63)
+        # one generator pair shared by all steps (set_random_seed would build two per transform)
+        self._compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
         first = self._compose(image=image)["image"]
         second = self._compose(image=image)["image"]
         return torch.from_numpy(np.stack([first, second])[:, None])

@@ -19,13 +19,15 @@ LAST = "last.ckpt"
 
 
 def resolve_ckpt_path(value: str | None, output: Path) -> str | None:
-    """``null`` -> fresh run; ``last`` -> ``output/checkpoints/last.ckpt`` (must exist); ``auto`` -> that
-    file when it exists, else a fresh run; anything else is a checkpoint path."""
+    """``null`` -> fresh run; ``last`` -> ``output/checkpoints/last.ckpt`` (must exist); ``auto`` -> the
+    newest of that file and a SLURM requeue checkpoint (``output/hpc_ckpt_*.ckpt``) when one exists, else a
+    fresh run; anything else is a checkpoint path."""
     if value in (None, "", "null"):
         return None
     last = output / CHECKPOINT_DIR / LAST
     if value == "auto":
-        return str(last) if last.is_file() else None
+        found = [p for p in [last, *output.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     path = last if value == "last" else Path(str(value)).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: checkpoint to resume from not found")

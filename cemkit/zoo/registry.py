@@ -299,7 +299,8 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
             f"{local} is not a checkpoint cemkit can read"
         raise InputError(f"cannot tell whether {text} is an encoder or a segmentation model "
                          f"({where}); pass --kind encoder|segmentation")
-    norms = norms if norms is not None else info.get("norms")
+    explicit_norms = norms is not None
+    norms = norms if explicit_norms else info.get("norms")
     fields.update({
         "kind": kind,
         "architecture": architecture or info.get("architecture"),
@@ -309,7 +310,8 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
         "key_layout": info.get("key_layout"),
         "normalisation": (None if norms is None else
                           {"mean": float(norms[0]), "std": float(norms[1]),
-                           "precedence": "checkpoint" if info.get("norms") is not None else "card"}),
+                           "precedence": "card" if explicit_norms or info.get("norms") is None
+                           else "checkpoint"}),
         "sha256": sha256, "licence": licence, "citation": citation, "description": description,
     })
     fields = {k: v for k, v in fields.items() if v is not None}

@@ -208,14 +208,25 @@ def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction
     drawn = 0
     params = []
     gap_nm = 20.0
-    deep = (face >= FACE_CAP_NM) if nuc_sdf is None else (face >= FACE_CAP_NM) & (nuc_sdf > 100.0)
-    deep_idx = np.flatnonzero(deep)
-    if deep_idx.size == 0:
-        return instances, depth_map, params
     probe_t = np.arange(10.0, 1600.0, 15.0)
-    for _ in range(max_tries):
-        if drawn >= target:
+    # Pass 1 keeps each mitochondrion inside one cell. Fields smaller than a cell (tiny test
+    # volumes) rarely fit one; pass 2 then drops the cell constraint (the mitochondrion is
+    # drawn over the membrane) so that every volume still has mitochondria.
+    passes = [(True, max_tries), (False, max_tries // 3)]
+    tries = []
+    for confine, n in passes:
+        tries += [confine] * n
+    deep_idx = None
+    for t_i, confine in enumerate(tries):
+        if drawn >= target or (not confine and drawn >= 0.5 * target):
             break
+        if t_i == 0 or confine != tries[t_i - 1]:
+            deep = face >= FACE_CAP_NM if confine else np.ones(shape, dtype=bool)
+            if nuc_sdf is not None:
+                deep &= nuc_sdf > 100.0
+            deep_idx = np.flatnonzero(deep)
+        if deep_idx.size == 0:
+            continue
         cidx = np.unravel_index(deep_idx[rng.integers(deep_idx.size)], shape)
         centre = (np.array(cidx) + rng.uniform(0.2, 0.8, size=3)) * vs
         home = cell_id[cidx]
@@ -240,8 +251,9 @@ def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction
         inside = np.all((ij >= 0) & (ij < shape), axis=2)
         ijc = np.minimum(np.maximum(ij, 0), np.array(shape) - 1)
         flat = np.ravel_multi_index(tuple(np.moveaxis(ijc, 2, 0)), shape)
-        good = (cell_id.ravel()[flat] == home) & (face.ravel()[flat] >= min(radius, FACE_CAP_NM - 1))
-        good &= instances.ravel()[flat] == 0
+        good = instances.ravel()[flat] == 0
+        if confine:
+            good &= (cell_id.ravel()[flat] == home) & (face.ravel()[flat] >= min(radius, FACE_CAP_NM - 1))
         if nuc_sdf is not None:
             good &= nuc_sdf.ravel()[flat] > radius + 20.0
         good |= ~inside  # cells continue beyond the field
@@ -282,8 +294,8 @@ def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction
             ok = (
                 mask.any()
                 and not np.any(instances[sl][depth > -gap_nm])
-                and np.all(cell_id[sl][mask] == home)
-                and np.all(face[sl][mask] > 12.0)
+                and (not confine or np.all(cell_id[sl][mask] == home))
+                and (not confine or np.all(face[sl][mask] > 12.0))
                 and (nuc_sdf is None or np.all(nuc_sdf[sl][mask] > 15.0))
             )
             if ok:

@@ -95,6 +95,7 @@ def save_montage(
     os.close(fd)
     try:
         Image.fromarray(arr).save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report image should be readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
