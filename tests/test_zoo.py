@@ -424,3 +424,12 @@ def test_explicit_norms_at_registration_win_over_the_checkpoint(tmp_path, cache)
     plain = register(ckpt, name="moco_ckpt_norms")
     assert encoder_weights("zoo:moco_ckpt_norms").norms == (0.6, 0.11)
     assert plain.normalisation.precedence == "checkpoint"
+
+
+def test_overwriting_a_card_drops_the_old_cached_file(server, cache):
+    server.files["/v1/m.pth"] = b"old weights"
+    server.files["/v2/m.pth"] = b"new weights"  # same file name, so the same cache path
+    register(server.url("/v1/m.pth"), kind="encoder")
+    assert resolve("zoo:m", progress=False).read_bytes() == b"old weights"
+    register(server.url("/v2/m.pth"), kind="encoder", overwrite=True)
+    assert resolve("zoo:m", progress=False).read_bytes() == b"new weights"

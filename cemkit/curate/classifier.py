@@ -121,7 +121,7 @@ def _prepare(images: np.ndarray, input_size: int):
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).float().div_(255.0)[:, None]
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0)[:, None]  # a copy: inputs may be read-only maps
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="area")
     return x

@@ -41,7 +41,12 @@ def run(cfg: DictConfig) -> None:
     export = None if cfg.export in (None, "", "none", False) else str(cfg.export)
     meta = curate(cfg.input, cfg.output, params, settings, workers=int(cfg.workers), shard_size=int(cfg.shard_size),
                   export=export, report=bool(cfg.report), keep_work=bool(cfg.keep_work),
-                  config=OmegaConf.to_container(cfg, resolve=True))
+                  config=OmegaConf.to_container(cfg, resolve=True), part=cfg.part)
+    if "part" in meta:
+        done = sum(r["status"] != "failed" for r in meta["results"])
+        print(f"cemkit curate part {meta['part']}: {done}/{len(meta['results'])} sources curated into "
+              f"{cfg.output}/.work; run without part= to assemble the corpus")
+        return
     t = meta["totals"]
     print(f"cemkit curate: {t['patches']} patches from {t['sources_curated']}/{t['sources']} sources -> "
           f"{t['exemplars']} after dedup -> {t['kept']} kept in {cfg.output} "

@@ -117,12 +117,24 @@ def _open_items(source: Source) -> tuple[list, list[dict]]:
     return items, errors
 
 
-def _item_label(source: Source, vol) -> str:
-    path = Path(getattr(vol, "path", source.path))
+def _relative(source: Source, path) -> str:
+    path = Path(path)
     try:
         return str(path.relative_to(source.path.parent))
     except ValueError:
         return str(path)
+
+
+def _item_label(source: Source, vol) -> str:
+    return _relative(source, getattr(vol, "path", source.path))
+
+
+def _slice_files(source: Source, vol) -> list[str] | None:
+    """File of each z-slice when a volume is a folder of 2D images (else None)."""
+    files = getattr(vol, "files", None)
+    if files is None or len(files) != vol.shape[0] or len(files) <= 1:
+        return None
+    return [_relative(source, f) for f in files]
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
@@ -215,6 +227,11 @@ def process_source(source: Source, params: CurateParams, work_root: str | Path,
             n += k
             bar.update(k)
     bar.close()
+    if n == 0 and errors:
+        del scratch
+        shutil.rmtree(out, ignore_errors=True)
+        logger.error("skipping source %s: no readable data (%s)", source.name, errors[0]["error"])
+        return SourceResult(source.name, "failed", errors=errors)
 
     def cat(parts, dtype):
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
@@ -250,10 +267,11 @@ def process_source(source: Source, params: CurateParams, work_root: str | Path,
     _atomic_save_npz(out / "samples.npz", **samples)
     _atomic_save_npz(out / "table.npz", **table)
     item_labels = [_item_label(source, vol) for vol in items]
+    slice_files = [_slice_files(source, vol) for vol in items]
     shapes = [list(map(int, vol.shape)) for vol in items]
     voxels = [None if p[2] is None else [float(v) for v in p[2]] for p in plans]
     done = {"fingerprint": fingerprint, "source": source.name, "path": str(source.path),
-            "items": item_labels, "shapes": shapes, "voxel_sizes": voxels,
+            "items": item_labels, "slice_files": slice_files, "shapes": shapes, "voxel_sizes": voxels,
             "planes": [list(p[3]) for p in plans], "n_patches": int(n), "n_exemplars": int(len(ex_idx)),
             "errors": errors}
     corpus_io.write_json(done_path, done)
@@ -449,9 +467,13 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
                 got = writer.add(np.asarray(st.exemplars[t["stored"][rows]]))
                 locs[rows] = np.asarray(got, np.int64).reshape(-1, 2)
             items = st.done["items"]
+            slice_files = st.done.get("slice_files") or [None] * len(items)
             group_ids = pid[t["group"]] if len(pid) else pid
             for r in range(len(reason)):
-                w.writerow([pid[r], st.name, items[t["item"][r]], PLANE_CODES[t["plane"][r]], int(t["index"][r]),
+                item, plane, z = int(t["item"][r]), int(t["plane"][r]), int(t["index"][r])
+                files = slice_files[item]
+                fname = files[z] if files is not None and plane == 0 else items[item]
+                w.writerow([pid[r], st.name, fname, PLANE_CODES[plane], z,
                             int(t["y"][r]), int(t["x"][r]), int(t["valid_h"][r]), int(t["valid_w"][r]),
                             hash_to_hex(t["hash"][r], params.hash_size), group_ids[r],
                             f"{t['flat_fraction'][r]:.4f}", f"{t['contrast'][r]:.1f}", f"{t['artefact'][r]:.4f}",
@@ -514,10 +536,29 @@ def export_patches(out: Path, fmt: str) -> int:
     return n
 
 
+def parse_part(part: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``1 <= i <= n``; None stays None."""
+    if part in (None, "", "null"):
+        return None
+    try:
+        i, n = (int(v) for v in str(part).split("/"))
+    except ValueError:
+        raise ConfigError(f"part must look like 'i/n' (e.g. 3/8), got {part!r}") from None
+    if not 1 <= i <= n:
+        raise ConfigError(f"part {part!r}: need 1 <= i <= n")
+    return i, n
+
+
 def curate(input_path: str | Path, output: str | Path, params: CurateParams, settings: FilterSettings,
            workers: int = 1, shard_size: int = 4096, export: str | None = None, report: bool = True,
-           keep_work: bool = True, config: dict | None = None) -> dict:
-    """Run the whole curate stage; returns the corpus metadata."""
+           keep_work: bool = True, config: dict | None = None, part: str | None = None) -> dict:
+    """Run the whole curate stage; returns the corpus metadata.
+
+    With ``part="i/n"`` only every n-th source (the i-th, 1-based, in name order) is curated into
+    ``output/.work`` and nothing is assembled: n such jobs (on any machines sharing ``output``, or
+    whose ``.work`` folders are copied together) followed by one run without ``part`` give the
+    same corpus as a single run. Returns ``{"part": ..., "results": ...}`` in that case.
+    """
     if settings.method not in ("heuristic", "classifier", "none"):
         raise ConfigError(f"filter.method must be heuristic, classifier or none, got {settings.method!r}")
     if params.patch_size < 8 or params.patch_size % 2:
@@ -531,6 +572,14 @@ def curate(input_path: str | Path, output: str | Path, params: CurateParams, set
     sources = discover_sources(input_path)
     logger.info("curate: %d source(s) in %s -> %s", len(sources), input_path, out)
     work_root = out / WORK_DIR
+    chosen = parse_part(part)
+    if chosen is not None:
+        i, n = chosen
+        mine = sources[i - 1::n]
+        logger.info("curate part %d/%d: %d of %d sources; assembly is left to a run without part=",
+                    i, n, len(mine), len(sources))
+        results = run_sources(mine, params, work_root, workers)
+        return {"part": f"{i}/{n}", "results": [asdict(r) for r in results]}
     results = run_sources(sources, params, work_root, workers)
     meta = assemble(sources, results, work_root, out, settings, params, shard_size, export, report, config)
     if not keep_work:

@@ -255,6 +255,11 @@ def set_bn_splits(module: nn.Module, num_splits: int) -> None:
 # the model
 
 
+def _no_generator() -> None:
+    """Default source of Shuffle-BN permutations: torch's global generator."""
+    return None
+
+
 def projection_head(in_features: int, hidden: int, dim: int) -> nn.Sequential:
     """MoCo v2 MLP head ``Linear(in, hidden) - ReLU - Linear(hidden, dim)`` (no BN), named ``0``/``2``."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
@@ -310,7 +315,7 @@ class MoCoV2(nn.Module):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.shuffle_generator: Callable[[], torch.Generator | None] = lambda: None
+        self.shuffle_generator: Callable[[], torch.Generator | None] = _no_generator
 
     # -- pieces ---------------------------------------------------------------------------------
 

@@ -143,6 +143,25 @@ class MoCoModule(pl.LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def on_train_start(self) -> None:
+        """Apply this run's schedule after a resume (``LambdaLR`` restores the schedule of the checkpoint).
+
+        With an unchanged config this is a no-op; a run extended with a larger ``trainer.max_steps``
+        follows the new run length from here on.
+        """
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        hp = self.hparams
+        fresh = LRSchedule(int(hp.total_steps), hp.schedule, list(hp.milestones), float(hp.gamma), int(hp.warmup_steps))
+        current = scheduler.lr_lambdas[0]
+        if current != fresh:
+            log.info("learning-rate schedule follows this run's length: %s", fresh)
+            self.schedule = fresh
+            scheduler.lr_lambdas = [fresh]
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * fresh(scheduler.last_epoch)
+
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.model.query_parameters(), lr=self.lr, momentum=self.hparams.sgd_momentum,
                                     weight_decay=self.hparams.weight_decay, nesterov=self.hparams.nesterov)

@@ -257,6 +257,10 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
                          f" choose another --name or pass --overwrite")
     if name in shipped_cards():
         logger.warning("the user card %r will shadow the shipped card of the same name", name)
+    inside = not is_url and model_dir(name).resolve() in Path(text).expanduser().resolve().parents
+    if name in existing and model_dir(name).is_dir() and not inside:
+        # a replaced card must not inherit the old card's cached file and recorded sha256
+        shutil.rmtree(model_dir(name), ignore_errors=True)
 
     info: dict[str, Any] = {}
     fields: dict[str, Any] = {"name": name}
