@@ -115,8 +115,23 @@ def rss_child(volume: str, output: str, tile: int, batch: int, slab: int) -> Non
     settings = PredictSettings(tile_size=tile, overlap=0.25, border=0, batch_size=batch, slab_size=slab,
                                device="cpu", progress=False, instances=False, overlays=0, resume=False)
     rec = run_prediction(volume, output, models=[Segmenter(ScaleNet().eval())], settings=settings)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_bytes": peak_kib * 1024, "voxels_per_s": rec["timings"]["voxels_per_s"]}))
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "voxels_per_s": rec["timings"]["voxels_per_s"]}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM of /proc/self/status (Linux), else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives ``fork`` + ``exec`` on Linux, so in a child started by a big parent it
+    reports the parent's size; VmHWM belongs to the child's own address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib if sys.platform == "darwin" else kib * 1024
 
 
 def make_zarr(path: Path, base: np.ndarray, slices: int) -> int:

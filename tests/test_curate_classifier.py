@@ -55,3 +55,13 @@ def test_train_apply_save_load(tmp_path):
     np.testing.assert_allclose(again.predict(x[:8]), p[:8], rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="both classes"):
         train_classifier(x[:10], np.ones(10), cfg)
+
+
+def test_stratified_split_holds_out_both_classes():
+    from cemkit.curate.classifier import stratified_split
+
+    labels = np.array([1] * 8 + [0] * 2)
+    val, train = stratified_split(labels, 0.25, seed=3)
+    assert sorted(labels[val].tolist()) == [0, 1, 1]  # round(0.5) -> at least one of the rare class
+    assert sorted(np.r_[val, train].tolist()) == list(range(10))
+    np.testing.assert_array_equal(val, stratified_split(labels, 0.25, seed=3)[0])

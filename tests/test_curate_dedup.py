@@ -78,3 +78,18 @@ def test_seed_determinism_and_source_scope():
     assert c.n_exemplars == 500 and not np.array_equal(a.exemplar, c.exemplar)
     np.testing.assert_array_equal(source_order(10, 1, "x"), source_order(10, 1, "x"))
     assert not np.array_equal(source_order(50, 1, "x"), source_order(50, 1, "y"))
+
+
+def test_memory_does_not_grow_with_n_squared():
+    import tracemalloc
+
+    n = 12_000  # random hashes: nearly all exemplars, so every patch meets almost every earlier one
+    h = np.random.default_rng(1).integers(0, 2**63, n, dtype=np.uint64)
+    tracemalloc.start()
+    try:
+        res = leader_cluster(h, 12, source_order(n, 0, "big"), block_size=256, exemplar_chunk=2048)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.n_exemplars > 0.99 * n
+    assert peak < 16 * 2**20  # an n x n bool matrix alone would be 137 MiB

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cemkit.curate import pipeline
+from cemkit.curate import source_work
 from cemkit.curate.corpus import open_corpus
 from cemkit.curate.pipeline import CurateParams, FilterSettings, curate
 
@@ -134,13 +134,13 @@ def test_same_seed_same_manifest_and_resume_after_kill(raw, run1, tmp_path, monk
     def kill_after_first(name):
         raise KeyboardInterrupt(f"simulated kill after {name}")
 
-    monkeypatch.setattr(pipeline, "after_source_hook", kill_after_first)
+    monkeypatch.setattr(source_work, "after_source_hook", kill_after_first)
     with pytest.raises(KeyboardInterrupt):
         curate(raw.root, out2, PARAMS, FilterSettings(), shard_size=50)
     done = sorted(p.parent.name for p in (out2 / ".work").glob("*/done.json"))
     assert len(done) == 1 and not (out2 / "manifest.csv").exists()
     stamp = (out2 / ".work" / done[0] / "done.json").stat().st_mtime_ns
-    monkeypatch.setattr(pipeline, "after_source_hook", None)
+    monkeypatch.setattr(source_work, "after_source_hook", None)
     curate(raw.root, out2, PARAMS, FilterSettings(), shard_size=50)
     assert (out2 / ".work" / done[0] / "done.json").stat().st_mtime_ns == stamp  # not redone
     assert (out2 / "manifest.csv").read_bytes() == (out1 / "manifest.csv").read_bytes()
@@ -148,6 +148,13 @@ def test_same_seed_same_manifest_and_resume_after_kill(raw, run1, tmp_path, monk
     assert m1["shards"] == m2["shards"] and m1["mean"] == m2["mean"] and m1["counts"] == m2["counts"]
     for s in m1["shards"]:
         assert (out1 / s["file"]).read_bytes() == (out2 / s["file"]).read_bytes()
+    # the same corpus from two part jobs into one output, then an assembly-only run
+    out3 = tmp_path / "parts"
+    for part in ("1/2", "2/2"):
+        res = curate(raw.root, out3, PARAMS, FilterSettings(), shard_size=50, part=part)
+        assert res["part"] == part and not (out3 / "manifest.csv").exists()
+    curate(raw.root, out3, PARAMS, FilterSettings(), shard_size=50, report=False)
+    assert (out3 / "manifest.csv").read_bytes() == (out1 / "manifest.csv").read_bytes()
     # another seed changes which near-duplicate is kept, not how many patches there are
     meta3 = curate(raw.root, tmp_path / "seed1", CurateParams(patch_size=64, seed=1), FilterSettings(),
                    shard_size=50, report=False)

@@ -110,6 +110,24 @@ def test_patches_are_foreground_biased_with_k_frames():
     assert x.dtype == torch.float32 and x.shape == (5, 32, 32) and y.dtype == torch.int64
 
 
+def test_separate_validation_data_and_train_fraction(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cemkit.errors import ConfigError
+    from cemkit.finetune.training import load_data
+
+    img, lab = _write_pair(tmp_path / "a", shape=(10, 64, 64))
+    vimg, vlab = _write_pair(tmp_path / "b", shape=(3, 64, 64), seed=1)
+    cfg = OmegaConf.create({"images": str(img), "labels": str(lab), "val_images": str(vimg), "val_labels": str(vlab),
+                            "num_classes": 2, "val_slices": 2, "train_fraction": 0.2})
+    data = load_data(cfg, frames=5)
+    assert data.train[0].slices.tolist() == [0, 9] and data.val[0].slices.tolist() == [0, 1, 2]
+    assert data.val[0].image.shape == (3, 64, 64)
+    cfg.val_labels = None
+    with pytest.raises(ConfigError, match="val_labels"):
+        load_data(cfg, frames=1)
+
+
 # ------------------------------------------------------------------------------------ losses
 def test_losses_exact_values():
     target = torch.zeros(1, 10, 10, dtype=torch.long)

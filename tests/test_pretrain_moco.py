@@ -124,13 +124,16 @@ def test_split_batchnorm_uses_per_split_statistics():
     split.load_state_dict(bn.state_dict())
     split.num_splits = 2
     x = torch.randn(8, 3, 5, 5, dtype=torch.float32) * 3 + 1
+    out_channels_last = split(x.contiguous(memory_format=torch.channels_last))
+    split.load_state_dict(bn.state_dict())
     out = split(x)
-    for s in range(2):  # split s = samples s, s + 2, s + 4, ...
+    torch.testing.assert_close(out_channels_last, out)
+    for s in range(2):  # split s = samples 4s .. 4s + 3
         ref_bn = nn.BatchNorm2d(3)
         ref_bn.load_state_dict(bn.state_dict())
-        torch.testing.assert_close(out[s::2], ref_bn(x[s::2]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[4 * s:4 * s + 4], ref_bn(x[4 * s:4 * s + 4]), rtol=1e-5, atol=1e-5)
     # running stats: mean of the two splits' updates (momentum 0.1)
-    mean_s = torch.stack([x[s::2].mean(dim=(0, 2, 3)) for s in range(2)])
+    mean_s = torch.stack([x[4 * s:4 * s + 4].mean(dim=(0, 2, 3)) for s in range(2)])
     torch.testing.assert_close(split.running_mean, 0.1 * mean_s.mean(0), rtol=1e-5, atol=1e-6)
     # eval: plain BN with running statistics
     split.eval(), bn.eval()

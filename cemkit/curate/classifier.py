@@ -164,7 +164,8 @@ class PatchClassifier:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"format": FORMAT, "version": 1, "arch": self.arch, "input_size": self.input_size,
-                    "norms": [self.mean, self.std], "metrics": {k: float(v) for k, v in self.metrics.items()},
+                    "norms": [self.mean, self.std],
+                    "metrics": {k: float(v) for k, v in self.metrics.items() if v is not None},
                     "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}}, tmp)
         os.replace(tmp, path)
 
@@ -181,6 +182,24 @@ class PatchClassifier:
         model = _build(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
         return cls(model, ckpt["arch"], ckpt["input_size"], *ckpt["norms"], metrics=ckpt.get("metrics"))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded held-out split keeping the class proportions (at least one of each class held out
+    when the class has two or more members). Returns ``(val, train)`` sorted index arrays."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    if val_fraction > 0:
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            k = int(round(val_fraction * len(idx)))
+            if len(idx) >= 2:
+                k = min(max(k, 1), len(idx) - 1)
+            val.extend(idx[:k].tolist())
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return val, train
 
 
 def _recompute_batchnorm(model, x, batch_size: int) -> None:
@@ -236,10 +255,7 @@ def _train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, seed: 
     if n < 4 or labels.min() == labels.max():
         raise InputError(f"classifier training needs both classes and >= 4 labelled patches, got {n} "
                          f"({int(labels.sum())} informative)")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_val = max(2, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
-    val, train = perm[:n_val], perm[n_val:]
+    val, train = stratified_split(labels, cfg.val_fraction, seed)
     torch.manual_seed(seed)
     x_all = _prepare(images, cfg.input_size)
     mean = float(x_all[train].mean())
@@ -277,7 +293,8 @@ def _train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, seed: 
     metrics = {"n_train": len(train), "n_val": len(val)}
     if len(val):
         p = clf.predict(images[val])
-        metrics["val_auroc"] = auroc(p, labels[val])
+        score = auroc(p, labels[val])
+        metrics["val_auroc"] = None if np.isnan(score) else score
         metrics["val_accuracy"] = float(((p >= cfg.threshold) == (labels[val] > 0.5)).mean())
     clf.metrics = metrics
     logger.info("classifier: %s", metrics)

@@ -99,7 +99,7 @@ def _score_plots(tables, probs, settings) -> str:
         ax.hist(allp[np.isfinite(allp)], bins=50, range=(0, 1), color="tab:green")
         ax.axvline(0.5, color="tab:red", ls="--")
         ax.set_title("classifier P(informative)", fontsize=9)
-    fig.suptitle("Filter scores of the dedup exemplars (red: threshold)")
+    fig.suptitle("Filter scores of the dedup exemplars (red: threshold)", y=1.04)
     return _png(fig)
 
 

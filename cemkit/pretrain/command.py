@@ -65,18 +65,26 @@ def _prepare_subprocess_relaunch() -> None:
         sys.argv = [os.path.abspath(script), "pretrain", *overrides]
 
 
+def _ddp_buffer_kwargs() -> dict:
+    """No per-step buffer broadcast (newer torch: ``forward_sync_buffers``; older: ``broadcast_buffers``)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def _strategy(trainer_cfg: DictConfig):
     """``ddp`` without per-step buffer broadcast: the queue is kept identical by the key all-gather,
     and BN statistics stay per process (as in the official MoCo); no unused-parameter search."""
     strategy = trainer_cfg.get("strategy", "auto")
-    if strategy == "ddp":
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         from pytorch_lightning.strategies import DDPStrategy
 
-        return DDPStrategy(broadcast_buffers=False, find_unused_parameters=False)
-    if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
-        from pytorch_lightning.strategies import DDPStrategy
-
-        return DDPStrategy(start_method=strategy.split("_")[1].replace("notebook", "fork"), broadcast_buffers=False)
+        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}[strategy]
+        return DDPStrategy(start_method=start, find_unused_parameters=False, **_ddp_buffer_kwargs())
     return strategy
 
 

@@ -159,9 +159,13 @@ def batch_unshuffle_ddp(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.T
 
 
 def _split_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm with statistics over ``bn.num_splits`` interleaved sub-batches (samples ``i % S``)."""
+    """BatchNorm with statistics over ``bn.num_splits`` consecutive sub-batches of equal size.
+
+    Each sub-batch is a view of ``x`` (any memory format) normalised by its own statistics; the
+    running statistics move by the mean of the sub-batches' updates.
+    """
     splits = getattr(bn, "num_splits", 1)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     if not bn.training or splits <= 1 or n % splits or not bn.track_running_stats:
         return nn.BatchNorm2d.forward(bn, x)
     momentum = 0.0 if bn.momentum is None else bn.momentum
@@ -169,23 +173,23 @@ def _split_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
-    mean_split = bn.running_mean.repeat(splits)
-    var_split = bn.running_var.repeat(splits)
-    weight = bn.weight.repeat(splits) if bn.weight is not None else None
-    bias = bn.bias.repeat(splits) if bn.bias is not None else None
-    out = F.batch_norm(x.reshape(n // splits, c * splits, *x.shape[2:]), mean_split, var_split, weight, bias,
-                       True, momentum, bn.eps).reshape(x.shape)
+    means, variances, outs = [], [], []
+    for chunk in x.chunk(splits, dim=0):
+        mean, var = bn.running_mean.clone(), bn.running_var.clone()
+        outs.append(F.batch_norm(chunk, mean, var, bn.weight, bn.bias, True, momentum, bn.eps))
+        means.append(mean)
+        variances.append(var)
     with torch.no_grad():
-        bn.running_mean.copy_(mean_split.view(splits, c).mean(dim=0))
-        bn.running_var.copy_(var_split.view(splits, c).mean(dim=0))
-    return out
+        bn.running_mean.copy_(torch.stack(means).mean(dim=0))
+        bn.running_var.copy_(torch.stack(variances).mean(dim=0))
+    return torch.cat(outs, dim=0)
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` whose training statistics are computed per sub-batch.
 
-    Sample ``i`` of a batch belongs to split ``i % num_splits``; running statistics are the mean of
-    the splits' updates. Same parameters and state-dict keys as ``BatchNorm2d``; eval mode and
+    A batch of ``N`` is cut into ``num_splits`` consecutive sub-batches of ``N / num_splits`` samples;
+    running statistics are the mean of the splits' updates. Same parameters and state-dict keys as ``BatchNorm2d``; eval mode and
     batches not divisible by ``num_splits`` use plain BatchNorm.
     """
 
