@@ -103,6 +103,14 @@ def test_corpus_files_and_reader(run1):
     allp = np.stack(list(corpus)).astype(np.float64) / 255
     assert meta["mean"] == pytest.approx(allp.mean(), rel=1e-9)
     assert meta["std"] == pytest.approx(allp.std(), rel=1e-6)
+    # optional export as TIFF files, one per kept patch, named by patch id
+    import tifffile
+
+    from cemkit.curate.assembly import export_patches
+
+    assert export_patches(out, "tif") == len(kept)
+    first = out / "export" / kept[0]["source"] / (kept[0]["patch_id"].replace(":", "_") + ".tif")
+    np.testing.assert_array_equal(tifffile.imread(first), corpus[0])
     html = (out / "report.html").read_text()
     for needle in ("Duplicate groups", "Rejected patches by reason", "lab_z_truncated.tif", "data:image/png;base64"):
         assert needle in html
@@ -125,6 +133,14 @@ def test_planes_follow_voxel_size_and_corrupt_file_is_skipped(raw, run1):
     yml.write_text(f"sources:\n  - path: {raw.root / 'lab_b_stack.tif'}\n    voxel_size: [10, 10, 10]\n")
     meta2 = curate(yml, raw.root.parent / "corpus_yaml", PARAMS, FilterSettings(method="none"), report=False)
     assert meta2["counts"]["lab_b_stack"]["planes"] == [["xy", "xz", "yz"]]
+    # a volume too large to load (max_volume_mb=0) is cut section by section: same patches
+    yml.write_text(f"sources:\n  - path: {raw.root / 'lab_c_fib.mrc'}\n")
+    lazy = raw.root.parent / "corpus_lazy"
+    curate(yml, lazy, CurateParams(patch_size=64, max_volume_mb=0), FilterSettings(), report=False)
+    def located(rows):  # shard / offset differ: the lazy corpus holds this source alone
+        return [{k: v for k, v in r.items() if k not in ("shard", "offset")} for r in rows]
+
+    assert located(_manifest(lazy)) == located(r for r in _manifest(out) if r["source"] == "lab_c_fib")
 
 
 def test_same_seed_same_manifest_and_resume_after_kill(raw, run1, tmp_path, monkeypatch):
