@@ -17,6 +17,7 @@ from cemkit.errors import CemkitError
 
 CONFIG_PACKAGE = "pkg://cemkit.conf"
 log = logging.getLogger("cemkit")
+_current_command: str | None = None  # the stage command being run (for DDP re-launch)
 
 
 def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: list[str]) -> int:
@@ -27,7 +28,9 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
     """
     import hydra
 
+    global _current_command
     status = {"code": 0}
+    _current_command = name
 
     @hydra.main(version_base=None, config_path=CONFIG_PACKAGE, config_name=name)
     def _app(cfg: DictConfig) -> None:
@@ -49,6 +52,30 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
     finally:
         sys.argv = saved
     return status["code"]
+
+
+def prepare_ddp_relaunch() -> None:
+    """Make Lightning's DDP re-launch of the other ranks re-run the current stage command.
+
+    Lightning rebuilds each extra rank's command line from ``sys.argv`` (``python -m module`` or
+    ``script`` plus ``sys.argv[1:]``) and appends ``hydra.run.dir=...``. The CLI rewrote ``sys.argv``
+    for Hydra, so it is set here to ``<entry> <command> <overrides>``. Outside a CLI run (e.g. a
+    test calling ``run(cfg)`` directly) nothing changes.
+    """
+    import __main__
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if _current_command is None or not HydraConfig.initialized():
+        return
+    overrides = list(HydraConfig.get().overrides.task)
+    if getattr(__main__, "__spec__", None) is not None:
+        sys.argv = [sys.argv[0], _current_command, *overrides]
+    else:
+        orig = getattr(sys, "orig_argv", None) or sys.argv
+        script = orig[1] if len(orig) > 1 and not orig[1].startswith("-") else orig[0]
+        sys.argv = [os.path.abspath(script), _current_command, *overrides]
 
 
 def _with_job_name(argv: list[str], name: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,24 +44,6 @@ def total_steps(cfg: DictConfig, num_patches: int) -> int:
     if steps <= 0:
         raise ConfigError("set trainer.max_steps (> 0) or epochs: pretraining length is counted in optimiser steps")
     return steps
-
-
-def _prepare_subprocess_relaunch() -> None:
-    """Make Lightning's DDP re-launch (``python -m module`` or ``script`` + ``sys.argv[1:]``) re-run this command.
-
-    The CLI rewrites ``sys.argv`` for Hydra; Lightning rebuilds each extra rank's command line from it
-    and adds ``hydra.run.dir=...``, so it must read ``<entry> pretrain <overrides>``.
-    """
-    import __main__
-    from hydra.core.hydra_config import HydraConfig
-
-    overrides = list(HydraConfig.get().overrides.task)
-    if getattr(__main__, "__spec__", None) is not None:
-        sys.argv = [sys.argv[0], "pretrain", *overrides]
-    else:
-        orig = getattr(sys, "orig_argv", None) or sys.argv
-        script = orig[1] if len(orig) > 1 and not orig[1].startswith("-") else orig[0]
-        sys.argv = [os.path.abspath(script), "pretrain", *overrides]
 
 
 def _ddp_buffer_kwargs() -> dict:
@@ -151,8 +132,6 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
         tmp = config_file.with_suffix(".yaml.tmp")
         tmp.write_text(OmegaConf.to_yaml(resolved))
         os.replace(tmp, config_file)
-    if type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher":
-        _prepare_subprocess_relaunch()
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
