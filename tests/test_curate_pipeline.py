@@ -66,6 +66,9 @@ def test_injected_duplicates_and_blanks_dropped_distinct_kept(raw, run1):
                 assert not (r["kept"] == "1" and o["kept"] == "1"), (item, r["patch_id"])
                 if item.kind == "exact_duplicate":
                     assert r["hash"] == o["hash"] and r["group"] == o["group"]
+                if r["group"] == o["group"]:
+                    # the copy comes after its original in the source, and a group keeps its first patch
+                    assert r["kept"] == "0" and r["reason"] == "duplicate", (item, r["patch_id"])
                 assert r["reason"] in ("", "duplicate") and o["reason"] in ("", "duplicate")
                 n_checked += 1
     assert n_checked >= 20 and n_blank >= 20

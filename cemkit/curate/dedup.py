@@ -121,9 +121,32 @@ def leader_cluster(hashes: np.ndarray, max_distance: int = 12, order: np.ndarray
     return DedupResult(group=group, exemplar=exemplar)
 
 
+def first_occurrence(result: DedupResult) -> DedupResult:
+    """Represent every group by its earliest member (lowest patch index) instead of its leader.
+
+    The groups (and so the number of exemplars) are unchanged; only which member is kept changes:
+    the first occurrence in cutting order, so a later copy of an image is the one dropped.
+
+    >>> r = first_occurrence(DedupResult(group=np.array([2, 1, 2]), exemplar=np.array([False, True, True])))
+    >>> r.group.tolist(), r.exemplar.tolist()
+    ([0, 1, 0], [True, True, False])
+    """
+    n = len(result.group)
+    idx = np.arange(n)
+    rep = idx.copy()
+    np.minimum.at(rep, result.group, idx)
+    group = rep[result.group]
+    return DedupResult(group=group, exemplar=group == idx)
+
+
 def dedup_source(hashes: np.ndarray, source: str, seed: int = 0, max_distance: int = 12) -> DedupResult:
-    """Deduplicate the patches of one source in a seeded random order (see :func:`source_order`)."""
-    return leader_cluster(hashes, max_distance=max_distance, order=source_order(len(hashes), seed, source))
+    """Deduplicate the patches of one source.
+
+    Groups follow CEM500K's greedy rule in a seeded random order (see :func:`source_order`); each
+    group keeps its first patch in cutting order (:func:`first_occurrence`).
+    """
+    grouped = leader_cluster(hashes, max_distance=max_distance, order=source_order(len(hashes), seed, source))
+    return first_occurrence(grouped)
 
 
 def reference_leader_cluster(hashes: np.ndarray, max_distance: int = 12,

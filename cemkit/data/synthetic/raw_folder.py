@@ -218,7 +218,10 @@ def _inject(rng, slices, plan, source, rel, info):
             raise ValueError(f"unknown injected kind {kind!r}")
     order = [("g", i) for i in range(len(slices))]
     for j in range(len(items)):
-        order.insert(int(rng.integers(1, len(order) + 1)), ("i", j))
+        orig = items[j][2]
+        # a copy always comes after its original, as when a lab re-exports an image
+        first = 1 if orig is None else order.index(("g", orig)) + 1
+        order.insert(int(rng.integers(first, len(order) + 1)), ("i", j))
     out = []
     pos_of_genuine = {}
     for kind, j in order:
