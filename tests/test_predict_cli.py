@@ -64,7 +64,8 @@ def test_cli_predict_ensemble_writes_all_outputs(run_folder, em_stack, tmp_path)
     clear = np.abs(p - 0.5) > 1e-3                      # float16 storage rounds near the threshold
     np.testing.assert_array_equal(mask[clear], (p[clear] > 0.5).astype(np.uint8))
     labels = np.asarray(open_volume(out / "labels.zarr")[...])
-    rows = list(csv.DictReader(open(out / "objects.csv")))
+    with open(out / "objects.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == labels.max() == rec["objects"]
     assert len(list((out / "overlays").glob("*.png"))) == 2
 

@@ -1,6 +1,7 @@
 """Two torchrun processes (gloo, CPU) split the slabs and write one set of outputs."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -28,9 +29,12 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path):
             "device=cpu", "progress=false", "overlays=1", "prob_dtype=float32"]
     assert main(["predict", f"output={tmp_path / 'single'}", *args]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29517", "-m", "cemkit.cli.main", "predict",
-                          f"output={tmp_path / 'ddp'}", *args], env=env, capture_output=True, text=True,
+                          f"--master_port={port}", "-m", "cemkit.cli.main", "predict",
+                          f"output={tmp_path / 'ddp'}", *args], env=env, capture_output=True, text=True, check=False,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "ddp" / ".progress.rank0.json").is_file()

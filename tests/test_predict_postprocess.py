@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cemkit.predict.postprocess import (TABLE_COLUMNS, label_components, object_table, split_touching,
-                                        threshold_mask, write_table_csv)
+from cemkit.predict.postprocess import (
+    TABLE_COLUMNS,
+    label_components,
+    object_table,
+    split_touching,
+    threshold_mask,
+    write_table_csv,
+)
 
 
 def _spheres(shape, centres, radius):
@@ -75,6 +81,7 @@ def test_object_table_columns_and_values(tmp_path):
     assert [t["bbox_z1"][1], t["bbox_y1"][1], t["bbox_x1"][1]] == [10, 20, 1]
     np.testing.assert_allclose(t["mean_probability"], [0.8, 0.8], atol=1e-6)
     path = write_table_csv(tmp_path / "objects.csv", t, voxel_size=(40.0, 6.0, 6.0))
-    rows = list(csv.DictReader(open(path)))
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
     assert rows[1]["voxels"] == "50" and float(rows[1]["volume_nm3"]) == 50 * 40 * 36
     assert list(rows[0])[:len(TABLE_COLUMNS)] == list(TABLE_COLUMNS)

@@ -48,8 +48,8 @@ def _blobs(shape, seed=0):
 
 
 def _settings(**kw):
-    base = dict(tile_size=32, overlap=0.25, border=4, batch_size=8, slab_size=2, device="cpu",
-                progress=False, overlays=2)
+    base = {"tile_size": 32, "overlap": 0.25, "border": 4, "batch_size": 8, "slab_size": 2, "device": "cpu",
+            "min_size": 0, "progress": False, "overlays": 2}
     base.update(kw)
     return PredictSettings(**base)
 
@@ -83,7 +83,7 @@ def test_resume_after_interruption_gives_identical_output(tmp_path, monkeypatch)
     vol = tmp_path / "vol.zarr"
     write_zarr(vol, _blobs((9, 40, 50), seed=1))
     models = [Segmenter(ConvNet(3).eval(), frames=3, norms=(0.5, 0.25)), Segmenter(PixelNet().eval())]
-    settings = dict(tta=4, ensemble="mean")
+    settings = {"tta": 4, "ensemble": "mean"}
     full = run_prediction(vol, tmp_path / "full", models=models, settings=_settings(**settings))
     assert full["objects"] > 0
 
@@ -152,7 +152,7 @@ def test_outputs_layout_and_formats(tmp_path):
 
 def test_axis_views_round_trip():
     data = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
-    for name, order in VIEWS.items():
+    for order in VIEWS.values():
         view = AxisView(data, order)
         np.testing.assert_array_equal(view[1:3], np.transpose(data, order)[1:3])
     stores = {name: np.transpose(data.astype(np.float32), order) for name, order in VIEWS.items()}

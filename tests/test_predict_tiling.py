@@ -6,8 +6,13 @@ import torch
 
 from cemkit.predict.models import Segmenter
 from cemkit.predict.streaming import SlabPredictor, TileSettings
-from cemkit.predict.tiling import (blend_tiles, blending_weights, plane_geometry, reflect_pad,
-                                   window_starts)
+from cemkit.predict.tiling import (
+    blend_tiles,
+    blending_weights,
+    plane_geometry,
+    reflect_pad,
+    window_starts,
+)
 
 
 def test_window_starts_exact():

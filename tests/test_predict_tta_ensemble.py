@@ -7,7 +7,12 @@ import torch.nn.functional as F
 
 from cemkit.predict.ensemble import RunningEnsemble, combine, normalised_weights
 from cemkit.predict.models import Segmenter
-from cemkit.predict.streaming import SlabPredictor, TileSettings, frame_indices, slab_ranges
+from cemkit.predict.streaming import (
+    SlabPredictor,
+    TileSettings,
+    frame_indices,
+    slab_ranges,
+)
 from cemkit.predict.tta import select_variants, tta_apply, variant
 
 # the in-plane transforms written independently with numpy, in CDeep3M order
@@ -50,7 +55,7 @@ def test_tta_inversion_with_asymmetric_conv():
     """inverse(f(g x)) of a conv f with kernel K equals the conv of x with g^-1 K (z-flip: frames reversed)."""
     torch.manual_seed(0)
     kernel = torch.randn(1, 3, 3, 3)          # asymmetric in y, x and in the frame order
-    f = lambda t: F.conv2d(t, kernel, padding=1)  # noqa: E731
+    f = lambda t: F.conv2d(t, kernel, padding=1)
     x = torch.randn(2, 3, 12, 12)
     outputs = []
     for i in range(16):

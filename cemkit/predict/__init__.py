@@ -23,7 +23,7 @@ _EXPORTS = {
     "frame_indices": "cemkit.predict.streaming",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):  # lazy: `cemkit predict --help` should not import torch

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -95,6 +95,11 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
     return paths
 
 
+def _meta(meta, key: str, default=None):
+    """A value of a checkpoint's meta (a dict, or an object with attributes)."""
+    return meta.get(key, default) if isinstance(meta, dict) else getattr(meta, key, default)
+
+
 def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> list[Segmenter]:
     """Load checkpoints with :func:`cemkit.finetune.checkpoint.load_segmenter` onto ``device``."""
     from cemkit.finetune.checkpoint import load_segmenter  # lazy: heavy import
@@ -108,9 +113,8 @@ def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> li
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(f"checkpoint {path}: cannot be loaded as a cemkit segmenter ({exc})") from exc
         module = module.to(device).eval()
-        get = meta.get if isinstance(meta, dict) else (lambda k, d=None: getattr(meta, k, d))
-        norms = tuple(float(v) for v in (get("norms") or (0.0, 1.0)))
+        norms = tuple(float(v) for v in (_meta(meta, "norms") or (0.0, 1.0)))
         name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-        models.append(Segmenter(module, int(get("frames", 1)), norms, name, get("arch")))
+        models.append(Segmenter(module, int(_meta(meta, "frames", 1)), norms, name, _meta(meta, "arch")))
         logger.info("loaded %s (%s, %d frame(s))", path, models[-1].arch, models[-1].frames)
     return models

@@ -7,7 +7,7 @@ store in view order and :func:`average_views` reads them back slab by slab in (z
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ def overlay_slices(depth: int, count: int) -> list[int]:
     """``count`` evenly spaced slice indices of a ``depth``-slice stack (fewer if it is shorter)."""
     if count <= 0 or depth <= 0:
         return []
-    return sorted({int(round(v)) for v in np.linspace(0, depth - 1, min(count, depth))})
+    return sorted({round(float(v)) for v in np.linspace(0, depth - 1, min(count, depth))})
 
 
 def overlay_rgb(image: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> np.ndarray:

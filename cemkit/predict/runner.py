@@ -22,9 +22,10 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,14 @@ from cemkit.predict import devices
 from cemkit.predict.ensemble import METHODS, normalised_weights
 from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
 from cemkit.predict.orthoplane import VIEWS, AxisView, average_views
-from cemkit.predict.postprocess import (label_components, object_table, split_touching, threshold_mask,
-                                        watershed_bytes, write_table_csv)
+from cemkit.predict.postprocess import (
+    label_components,
+    object_table,
+    split_touching,
+    threshold_mask,
+    watershed_bytes,
+    write_table_csv,
+)
 from cemkit.predict.progress import ProgressLog
 from cemkit.predict.streaming import SlabPredictor, TileSettings, run_slabs, slab_ranges
 from cemkit.predict.tiling import BLENDING_MODES
@@ -68,7 +75,7 @@ class PredictSettings:
     watershed: bool = False
     watershed_h: float = 2.0
     connectivity: int = 1
-    min_size: int = 0
+    min_size: int = 50
     overlays: int = 4
     device: str = "auto"
     amp: bool = True

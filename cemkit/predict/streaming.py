@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from cemkit.predict.ensemble import RunningEnsemble
 from cemkit.predict.models import Segmenter
-from cemkit.predict.tiling import PlaneGeometry, blending_weights, plane_geometry, reflect_pad, weight_sum
+from cemkit.predict.tiling import (
+    PlaneGeometry,
+    blending_weights,
+    plane_geometry,
+    reflect_pad,
+    weight_sum,
+)
 from cemkit.predict.tta import select_variants, tta_apply
 
 logger = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ def frame_indices(z: int, depth: int, frames: int) -> np.ndarray:
     exactly as in training (:func:`cemkit.finetune.data.frame_indices`); stacks shorter than
     ``frames // 2 + 1`` planes (e.g. a single image for a 5fm model) are mirrored periodically.
     """
-    from cemkit.finetune.data import frame_indices as training_frame_indices, min_slices
+    from cemkit.finetune.data import frame_indices as training_frame_indices
+    from cemkit.finetune.data import min_slices
 
     if frames < 1 or frames % 2 == 0:
         raise ValueError(f"frames must be odd and >= 1, got {frames}")

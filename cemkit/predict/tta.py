@@ -10,8 +10,8 @@ reversed. Tiles must be square for the rotations and transposes (cemkit tiles al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
