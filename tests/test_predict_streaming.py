@@ -112,7 +112,10 @@ def test_resume_after_interruption_gives_identical_output(tmp_path, monkeypatch)
         np.testing.assert_array_equal(_read(tmp_path / "resumed" / f"{name}.zarr"),
                                       _read(tmp_path / "full" / f"{name}.zarr"))
     assert (tmp_path / "resumed" / "objects.csv").read_text() == (tmp_path / "full" / "objects.csv").read_text()
-    # other settings: no resume, everything is recomputed
+    # post-processing settings reuse the finished slabs; other settings recompute everything
+    seen.clear()
+    relabelled = run_prediction(vol, tmp_path / "resumed", models=models, settings=_settings(min_size=10**9, **settings))
+    assert seen == [] and relabelled["objects"] == 0 < full["objects"]
     seen.clear()
     run_prediction(vol, tmp_path / "resumed", models=models, settings=_settings(tta=2))
     assert seen == [0, 2, 4, 6, 8]

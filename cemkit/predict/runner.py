@@ -231,8 +231,10 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     signature = {
         "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
         "models": record_models, "world": info.world,
+        # post-processing always reruns, so its settings do not invalidate finished slabs
         "settings": {k: v for k, v in asdict(s).items()
-                     if k not in ("device", "amp", "resume", "progress", "batch_size")},
+                     if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
+                                  "watershed_h", "connectivity", "min_size", "overlays")},
     }
     progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
     log = ProgressLog(output / progress_name, signature, resume=s.resume)
