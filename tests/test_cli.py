@@ -107,3 +107,9 @@ def test_logger_configs_instantiate(tmp_path, logger, monkeypatch):
         assert built is None
     else:
         assert type(built).__name__.lower().startswith({"csv": "csv", "tensorboard": "tensorboard", "wandb": "wandb"}[logger])
+
+
+def test_comma_separated_checkpoints_are_a_list_not_a_sweep(tmp_path):
+    res = _run(["predict", "--cfg", "job", "checkpoint=a.ckpt,b.ckpt", "input=x"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "- a.ckpt" in res.stdout and "- b.ckpt" in res.stdout

@@ -11,6 +11,7 @@ class Command:
     target: str  # "module:function"
     help: str
     hydra: bool = True  # composed from conf/<name>.yaml; False: plain argparse command
+    list_keys: tuple[str, ...] = ()  # `key=a,b` means the list [a,b] (not a sweep) unless -m is given
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -22,7 +23,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("finetune", "cemkit.finetune.command:run",
             "Train 1fm/3fm/5fm DeepEM3D-style segmentation models from a pretrained encoder."),
     Command("predict", "cemkit.predict.command:run",
-            "Tiled, memory-bounded inference on volumes with TTA and 1fm/3fm/5fm ensembles."),
+            "Tiled, memory-bounded inference on volumes with TTA and 1fm/3fm/5fm ensembles.",
+            list_keys=("checkpoint",)),
     Command("evaluate", "cemkit.evaluate.command:run",
             "Score a prediction against labels (IoU, Dice, V_rand, V_info, object F1)."),
     Command("export", "cemkit.export.command:run",

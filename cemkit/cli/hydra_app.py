@@ -20,11 +20,13 @@ log = logging.getLogger("cemkit")
 _current_command: str | None = None  # the stage command being run (for DDP re-launch)
 
 
-def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: list[str]) -> int:
+def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: list[str],
+                      list_keys: tuple[str, ...] = ()) -> int:
     """Compose ``conf/<name>.yaml`` with the Hydra overrides in ``argv`` and call ``func(cfg)``.
 
     Supports everything ``@hydra.main`` does (``--cfg job``, ``-m``, ``--help``, group overrides).
     A :class:`~cemkit.errors.CemkitError` is logged without a traceback and gives exit status 2.
+    ``list_keys`` name keys whose ``key=a,b`` means a list (``key=[a,b]``) outside multirun.
     """
     import hydra
 
@@ -43,7 +45,7 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
                 raise
 
     saved = sys.argv
-    sys.argv = [f"cemkit {name}", *_with_job_name(argv, name)]
+    sys.argv = [f"cemkit {name}", *_with_job_name(comma_lists_as_lists(argv, list_keys), name)]
     try:
         _app()
     except SystemExit as exc:  # hydra exits on config errors with a message already printed
@@ -76,6 +78,23 @@ def prepare_ddp_relaunch() -> None:
         orig = getattr(sys, "orig_argv", None) or sys.argv
         script = orig[1] if len(orig) > 1 and not orig[1].startswith("-") else orig[0]
         sys.argv = [os.path.abspath(script), _current_command, *overrides]
+
+
+def comma_lists_as_lists(argv: list[str], keys: tuple[str, ...]) -> list[str]:
+    """Rewrite ``key=a,b`` as ``key=[a,b]`` for the given keys, unless the run is a multirun (-m).
+
+    >>> comma_lists_as_lists(["checkpoint=a.ckpt,b.ckpt", "tta=8"], ("checkpoint",))
+    ['checkpoint=[a.ckpt,b.ckpt]', 'tta=8']
+    """
+    if not keys or "-m" in argv or "--multirun" in argv:
+        return list(argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and "," in value and value[:1] not in "[\"'":
+            arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
 
 
 def _with_job_name(argv: list[str], name: str) -> list[str]:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(rest) or 0)
     from cemkit.cli.hydra_app import run_hydra_command
 
-    return run_hydra_command(name, func, rest)
+    return run_hydra_command(name, func, rest, list_keys=command.list_keys)
 
 
 if __name__ == "__main__":  # pragma: no cover
