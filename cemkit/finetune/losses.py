@@ -119,6 +119,8 @@ class SegmentationLoss(nn.Module):
         if unknown or not terms:
             raise ValueError(f"loss terms must be a non-empty subset of {LOSS_NAMES}, got {sorted(terms)}")
         self.terms = {k: float(v) for k, v in terms.items() if float(v) != 0.0}
+        if not self.terms:
+            raise ValueError(f"every loss term has weight 0: {dict(terms)}")
         self.num_classes = int(num_classes)
         if class_weights is not None and len(class_weights) != self.num_classes:
             raise ValueError(f"class_weights needs {self.num_classes} values, got {len(class_weights)}")

@@ -155,7 +155,10 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
     pl.seed_everything(int(cfg.seed), workers=True)
     init = resolve_init(cfg.model.get("init"), frames)
     model, init_norms, report = build_model(cfg, frames, init)
-    frozen = model.freeze_encoder(cfg.model.get("freeze_encoder", "none"))
+    try:
+        frozen = model.freeze_encoder(cfg.model.get("freeze_encoder", "none"))
+    except ValueError as exc:
+        raise ConfigError(f"model.freeze_encoder: {exc}") from exc
     if frozen:
         log.info("frozen encoder modules: %d (BatchNorm kept in eval mode)", len(frozen))
 
@@ -191,10 +194,13 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
     val_dl = DataLoader(val_ds, batch_size=int(cfg.val.batch_size), shuffle=False, num_workers=0)
 
     l = cfg.loss
-    loss = SegmentationLoss(dict(plain(l.terms)), int(d.num_classes),
-                            class_weights=None if l.get("class_weights") is None else list(l.class_weights),
-                            auto_balance=bool(l.auto_balance), focal_gamma=float(l.focal_gamma),
-                            deep_supervision=float(l.deep_supervision))
+    try:
+        loss = SegmentationLoss(dict(plain(l.terms)), int(d.num_classes),
+                                class_weights=None if l.get("class_weights") is None else list(l.class_weights),
+                                auto_balance=bool(l.auto_balance), focal_gamma=float(l.focal_gamma),
+                                deep_supervision=float(l.deep_supervision))
+    except ValueError as exc:
+        raise ConfigError(f"loss: {exc}") from exc
     meta = {"frames": frames, "num_classes": int(d.num_classes), "norms": [float(norms[0]), float(norms[1])],
             "arch": model.arch, "norms_source": norms_source, "init": str(cfg.model.get("init")),
             "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.get("class_names"))}
