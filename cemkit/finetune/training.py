@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
