@@ -279,3 +279,79 @@ def test_multiclass_training_runs(tmp_path):
     assert meta["num_classes"] == 3 and model.out_channels == 3
     result = json.loads((out / "1fm" / "result.json").read_text())
     assert [h["step"] for h in result["history"]] == [2, 4] and 0.0 <= result["best_iou"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------ resume after an interruption
+class _Crash(RuntimeError):
+    pass
+
+
+def _count_batches(monkeypatch, crash_at: dict[int, int] | None = None) -> dict[int, int]:
+    """Count training batches per frame count; raise (a simulated crash) at ``{frames: global_step}``."""
+    from cemkit.finetune.module import SegmentationModule
+
+    seen: dict[int, int] = {}
+
+    def hook(self, batch, batch_idx):
+        f = self.model.frames
+        if crash_at and crash_at.get(f) == self.global_step:
+            raise _Crash(f"simulated crash of the {f}fm run at step {self.global_step}")
+        seen[f] = seen.get(f, 0) + 1
+
+    monkeypatch.setattr(SegmentationModule, "on_train_batch_start", hook, raising=False)
+    return seen
+
+
+def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pair, monkeypatch):
+    img, lab = synthetic_pair
+    args = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+            "trainer.max_steps=12", "val.every=4", "ckpt_path=last"]
+    straight = tmp_path / "straight"
+    assert cli([*args, f"output={straight}"]) == 0
+
+    run = tmp_path / "resumed"
+    _count_batches(monkeypatch, crash_at={1: 6})  # mid-way through the second validation period
+    assert cli([*args, f"output={run}"]) != 0
+    assert not (run / "1fm" / "result.json").exists()  # an interrupted run is not marked finished
+    assert torch.load(run / "1fm" / "last.ckpt", weights_only=True)["global_step"] == 4  # last validation
+    # the step budget defines the one-cycle schedule and the patches: a changed one is refused
+    assert cli([*args, "trainer.max_steps=16", f"output={run}"]) == 2
+    seen = _count_batches(monkeypatch)
+    assert cli([*args, f"output={run}"]) == 0
+    assert seen == {1: 8}  # steps 5-12 only: continued from last.ckpt, not restarted
+
+    a = json.loads((straight / "1fm" / "result.json").read_text())
+    b = json.loads((run / "1fm" / "result.json").read_text())
+    assert b["steps"] == 12 and [h["step"] for h in b["history"]] == [4, 8, 12]
+    import csv
+
+    def losses(folder):  # the CSV log keeps the rows written before the interruption
+        rows = csv.DictReader(open(folder / "1fm" / "logs" / "metrics.csv"))
+        return [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss")]
+
+    assert losses(run) == losses(straight) and len(losses(run)) >= 3
+    # Same patches (a function of seed, epoch and index), optimizer, one-cycle schedule and BatchNorm
+    # state after the resume, and CPU kernels are deterministic: bitwise the same model and IoU.
+    assert b["history"] == a["history"] and b["best_iou"] == a["best_iou"]
+    assert torch.load(straight / "1fm" / "last.ckpt", weights_only=True)["global_step"] == 12  # the final model
+    wa = torch.load(straight / "1fm" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(run / "1fm" / "last.ckpt", weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys()
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+
+
+def test_interrupted_frames_all_skips_finished_and_resumes_3fm(tmp_path, synthetic_pair, monkeypatch):
+    img, lab = synthetic_pair
+    args = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+            "model.frames=all", "trainer.max_steps=4", "val.every=2", "ckpt_path=last", f"output={tmp_path}"]
+    _count_batches(monkeypatch, crash_at={3: 3})
+    assert cli(args) != 0
+    assert (tmp_path / "1fm" / "result.json").exists() and not (tmp_path / "3fm" / "result.json").exists()
+    assert not (tmp_path / "5fm").exists()
+    stamp = (tmp_path / "1fm" / "last.ckpt").stat().st_mtime_ns
+    seen = _count_batches(monkeypatch)
+    assert cli(args) == 0
+    assert seen == {3: 2, 5: 4}  # 1fm skipped, 3fm continued at step 3, 5fm trained in full
+    assert (tmp_path / "1fm" / "last.ckpt").stat().st_mtime_ns == stamp
+    r3 = json.loads((tmp_path / "3fm" / "result.json").read_text())
+    assert r3["steps"] == 4 and [h["step"] for h in r3["history"]] == [2, 4]

@@ -19,11 +19,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from cemkit.errors import InputError
 
@@ -227,13 +227,20 @@ class PatchDataset(Dataset):
     foreground always, so foreground is over-sampled about ``1 / background_keep`` times.
 
     Each item is ``(x, y)``: ``x`` float32 ``(frames, crop, crop)`` normalised with ``norms``,
-    ``y`` int64 ``(crop, crop)`` class indices. Randomness comes from torch's generator (seeded by
-    ``seed_everything``, distinct in every DataLoader worker).
+    ``y`` int64 ``(crop, crop)`` class indices.
+
+    With ``seed`` set, item ``index`` is a pure function of ``(seed, index)`` (patch position and
+    augmentation): draw it with a :class:`PatchSampler`, whose indices run on from epoch to epoch,
+    and a resumed run sees exactly the patches of an uninterrupted one, whatever the number of
+    DataLoader workers. With ``seed=None`` randomness comes from torch's generator instead (seeded
+    by ``seed_everything``, distinct in every DataLoader worker).
     """
 
     def __init__(self, volumes: Sequence[LabelledVolume], frames: int, crop: int, length: int,
-                 norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20):
+                 norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20,
+                 seed: int | None = None):
         self.volumes, self.frames, self.crop, self.length = list(volumes), int(frames), int(crop), int(length)
+        self.seed = None if seed is None else int(seed)
         self.norms, self.background_keep, self.augment, self.max_tries = norms, float(background_keep), augment, max_tries
         self._weights = np.array([len(v.slices) * v.image.shape[1] * v.image.shape[2] for v in self.volumes], float)
         self._weights /= self._weights.sum()
@@ -260,7 +267,10 @@ class PatchDataset(Dataset):
         return img, lab
 
     def __getitem__(self, index: int):
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        if self.seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        else:
+            seed = int(np.random.SeedSequence([self.seed, int(index)]).generate_state(1, np.uint64)[0] >> 2)
         rng = np.random.default_rng(seed)
         img, lab = self.sample(rng)
         if self.augment is not None:
@@ -269,6 +279,30 @@ class PatchDataset(Dataset):
             img, lab = out["image"].transpose(2, 0, 1), out["mask"]
         x = normalise(np.ascontiguousarray(img), self.norms)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+
+
+class PatchSampler(Sampler[int]):
+    """Patch indices for a seeded :class:`PatchDataset`: ``start .. start + length - 1`` per epoch.
+
+    ``start`` is ``position()`` when a ``position`` callable is given (the training loop passes
+    ``global_step * batch_size``: the index of the next patch the optimizer will see), else
+    ``epoch * length`` (Lightning calls :meth:`set_epoch` before every epoch). Since ``__iter__``
+    runs in the main process when an epoch's iteration starts, a run resumed from a checkpoint
+    draws exactly the patches of an uninterrupted run, with any number of DataLoader workers.
+    """
+
+    def __init__(self, length: int, position: Callable[[], int] | None = None):
+        self.length, self.epoch, self.position = int(length), 0, position
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        start = int(self.position()) if self.position is not None else self.epoch * self.length
+        return iter(range(start, start + self.length))
 
 
 class SliceDataset(Dataset):

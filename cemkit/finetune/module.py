@@ -175,3 +175,8 @@ class SegmentationModule(pl.LightningModule):
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cemkit"] = segmenter_entry(self.model, self.meta)
+        checkpoint["cemkit_history"] = [dict(h) for h in self.history]  # plain floats: weights_only-safe
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed run keeps the validation history of the steps before the interruption
+        self.history = [dict(h) for h in checkpoint.get("cemkit_history", [])]

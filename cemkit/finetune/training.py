@@ -19,8 +19,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
-from cemkit.finetune.data import (LabelledVolume, PatchDataset, SliceDataset, build_augmentation, intensity_norms,
-                                  read_labelled_volume, split_validation)
+from cemkit.finetune.data import (LabelledVolume, PatchDataset, PatchSampler, SliceDataset, build_augmentation,
+                                  intensity_norms, read_labelled_volume, split_validation)
 from cemkit.finetune.initialization import InitSource, resolve_init
 from cemkit.finetune.losses import SegmentationLoss
 
@@ -150,6 +150,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
         log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
         return json.loads(result_path.read_text())
     resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
+    if resume is not None:
+        _check_resumable(resume, cfg)
 
     pl.seed_everything(int(cfg.seed), workers=True)
     init = resolve_init(cfg.model.get("init"), frames)
@@ -185,10 +187,13 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
     d = cfg.data
     train_ds = PatchDataset(data.train, frames, int(d.crop), val_every * int(d.batch_size), norms,
                             background_keep=float(d.background_keep),
-                            augment=build_augmentation(bool(d.augment), bool(d.get("photometric", True))))
+                            augment=build_augmentation(bool(d.augment), bool(d.get("photometric", True))),
+                            seed=int(cfg.seed))
     val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
     workers = int(d.num_workers)
-    train_dl = DataLoader(train_ds, batch_size=int(d.batch_size), shuffle=False, drop_last=True,
+    # patches are a function of (seed, optimizer step): a resumed run trains on the same patches
+    sampler = PatchSampler(len(train_ds))
+    train_dl = DataLoader(train_ds, batch_size=int(d.batch_size), sampler=sampler, drop_last=True,
                           num_workers=workers, persistent_workers=workers > 0)
     val_dl = DataLoader(val_ds, batch_size=int(cfg.val.batch_size), shuffle=False, num_workers=0)
 
@@ -208,18 +213,33 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
                                 overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")
 
     ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou", mode="max", save_top_k=1,
-                              save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+                              save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
+                              save_on_train_epoch_end=False)
+    # last.ckpt after EVERY validation (save_last=True on the callback above only writes it when the
+    # best model improves in pytorch_lightning 2.6, so the final model and the resume point were lost)
+    last_cb = ModelCheckpoint(dirpath=str(out_dir), filename="last", monitor=None, save_top_k=1,
+                              auto_insert_metric_name=False, enable_version_counter=False,
+                              save_on_train_epoch_end=False)
     logger = _logger_for(cfg.get("logger"), out_dir, f"{frames}fm")
-    callbacks: list[Any] = [ckpt_cb]
+    csv_path = _csv_metrics_path(logger)
+    # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
+    prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
+    callbacks: list[Any] = [ckpt_cb, last_cb]
     if logger is not None:
         from pytorch_lightning.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
-                            max_steps=total, max_epochs=epochs, check_val_every_n_epoch=1,
+                            max_steps=total, max_epochs=-1, check_val_every_n_epoch=1,
                             val_check_interval=None, num_sanity_val_steps=0,
                             log_every_n_steps=min(int(cfg.trainer.get("log_every_n_steps", 10)), val_every))
+    per_step = int(d.batch_size) * int(trainer.accumulate_grad_batches)
+    sampler.position = lambda: trainer.global_step * per_step
+    # max_steps (not epochs) ends the run: Lightning counts the epoch of a checkpoint written at the
+    # end-of-epoch validation once more after a resume, so an epoch limit would stop it early
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    if prior_rows:
+        _prepend_csv_rows(csv_path, prior_rows)
 
     best = ckpt_cb.best_model_score
     result = {"frames": frames, "steps": int(trainer.global_step), "best_iou": None if best is None else float(best),
@@ -228,6 +248,54 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
     _write_json(result_path, result)
     return result
+
+
+RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "data.crop", "optim")
+
+
+def _check_resumable(path: str, cfg: DictConfig) -> None:
+    """A resumed run must keep the settings that define its steps, patches and schedule."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    old = OmegaConf.create(saved.get("config") or {})
+    diffs = [f"{k}={OmegaConf.select(old, k)} (now {plain(OmegaConf.select(cfg, k))})" for k in RESUME_KEYS
+             if OmegaConf.select(old, k) is not None
+             and plain(OmegaConf.select(old, k)) != plain(OmegaConf.select(cfg, k))]
+    if diffs:
+        raise ConfigError(f"{path}: this run was started with {', '.join(diffs)}; resume with the same settings "
+                          "(or drop ckpt_path=last and use overwrite=true to start again)")
+
+
+def _csv_metrics_path(logger) -> Path | None:
+    from pytorch_lightning.loggers import CSVLogger
+
+    return Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _prepend_csv_rows(path: Path, prior: list[dict[str, str]]) -> None:
+    """Put the ``prior`` rows with a step before the first step of ``path``'s rows in front of them."""
+    import csv
+
+    new = _read_csv(path)
+    first = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
+    kept = [r for r in prior if first is None or (r.get("step") and int(float(r["step"])) < first)]
+    fields = list(dict.fromkeys([k for r in (*kept, *new) for k in r]))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([*kept, *new])
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
