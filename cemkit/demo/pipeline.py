@@ -76,8 +76,9 @@ def make_data(cfg: DictConfig, out: Path) -> dict[str, Path]:
     data.mkdir(parents=True, exist_ok=True)
     if not paths["raw"].exists():
         write_raw_folder(paths["raw"], n_sources=int(cfg.data.sources), seed=int(cfg.seed))
-    train = make_volume(tuple(cfg.data.train_shape), seed=int(cfg.seed) + 101, style=cfg.data.style)
-    test = make_volume(tuple(cfg.data.test_shape), seed=int(cfg.seed) + 202, style=cfg.data.style)
+    voxel = tuple(float(v) for v in cfg.data.voxel_size) if cfg.data.get("voxel_size") else None
+    train = make_volume(tuple(cfg.data.train_shape), seed=int(cfg.seed) + 101, style=cfg.data.style, voxel_size=voxel)
+    test = make_volume(tuple(cfg.data.test_shape), seed=int(cfg.seed) + 202, style=cfg.data.style, voxel_size=voxel)
     write_tif_stack(paths["train_image"], train.image, voxel_size=train.voxel_size)
     write_tif_stack(paths["train_labels"], train.mito, voxel_size=train.voxel_size)
     write_tif_stack(paths["test_image"], test.image, voxel_size=test.voxel_size)
