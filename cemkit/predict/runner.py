@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,7 @@ class PredictSettings:
             raise ConfigError(f"predict: {exc}") from exc
 
     def tile_settings(self) -> TileSettings:
-        return TileSettings(self.tile_size, self.overlap, self.blending, self.sigma_scale, self.border,
-                            self.batch_size, self.tta)
+        return TileSettings(**{f.name: getattr(self, f.name) for f in fields(TileSettings)})
 
 
 def quantize(prob: np.ndarray, dtype: str) -> np.ndarray:
