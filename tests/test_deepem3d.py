@@ -9,7 +9,7 @@ from torch import nn
 
 from cemkit.finetune.checkpoint import load_segmenter, save_segmenter
 from cemkit.models.deepem3d import (DeepEM3DSegmenter, TapUpsampler, bilinear_kernel, build_segmenter,
-                                    dilated_transposed_padding)
+                                    dilated_transposed_padding, inflate_segmenter)
 from cemkit.models.encoders import EncoderWeights, create_encoder
 
 
@@ -136,3 +136,47 @@ def test_saved_segmenter_round_trips_with_weights_only(tmp_path):
     x = torch.randn(1, 5, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet10t", "efficientnet_b0"])
+def test_inflated_segmenter_computes_the_source_model_on_the_centre_slice(arch):
+    torch.manual_seed(0)
+    one = DeepEM3DSegmenter(arch, frames=1, decoder_width=4).eval()
+    # non-trivial BatchNorm statistics so that eval-mode outputs depend on every copied buffer
+    for m in one.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    three = inflate_segmenter(one, 3).eval()
+    five = inflate_segmenter(three, 5).eval()
+    assert (three.frames, five.frames) == (3, 5) and five.config["frames"] == 5
+    assert five.config["decoder_width"] == 4 and inflate_segmenter(five, 5) is five
+    x = torch.randn(2, 5, 64, 64)
+    with torch.no_grad():
+        ref = one(x[:, 2:3])
+        torch.testing.assert_close(three(x[:, 1:4]), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(five(x), ref, rtol=0, atol=1e-5)
+        # the outer slices are really ignored at the start (and only there: they get gradients)
+        torch.testing.assert_close(five(torch.cat([x[:, :2] * 0 + 3, x[:, 2:3], -x[:, 3:]], 1)), ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError):
+        inflate_segmenter(five, 3)
+
+
+@pytest.mark.parametrize("with_weights", [True, False])
+def test_centre_frame_init_starts_as_the_single_slice_model(with_weights):
+    torch.manual_seed(0)
+    src = create_encoder("resnet10t", in_chans=1)
+    weights = EncoderWeights(state_dict=src.state_dict(), arch="resnet10t", in_chans=1) if with_weights else None
+    torch.manual_seed(1)
+    single, _ = build_segmenter("resnet10t", 1, 2, weights=weights, decoder_width=4)
+    torch.manual_seed(1)  # same random draws: the 5fm model is the 1fm model, inflated
+    five, report = build_segmenter("resnet10t", 5, 2, weights=weights, decoder_width=4, frame_init="centre")
+    assert five.frames == 5 and (report.get("missing") == [] if with_weights else report == {})
+    first = five.encoder.conv1[0].weight if isinstance(five.encoder.conv1, nn.Sequential) else five.encoder.conv1.weight
+    assert first.shape[1] == 5 and not first[:, [0, 1, 3, 4]].any()
+    x = torch.randn(2, 5, 64, 64)
+    single.eval(), five.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(five(x), single(x[:, 2:3]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError):
+        build_segmenter("resnet10t", 3, 2, frame_init="middle")

@@ -14,6 +14,7 @@ from cemkit.errors import InputError
 from cemkit.models.encoders import (
     EncoderWeights,
     adapt_first_conv,
+    inflate_first_conv,
     create_encoder,
     first_conv_name,
     load_encoder_weights,
@@ -92,6 +93,23 @@ def test_adapt_rgb_sums_then_repeats():
     ref = nn.functional.conv2d(x.repeat(1, 3, 1, 1), w.double())  # grey replicated into RGB
     torch.testing.assert_close(nn.functional.conv2d(x.repeat(1, 5, 1, 1), five.double()), ref, rtol=1e-6, atol=1e-5)
     assert adapt_first_conv(w, 3) is not w and torch.equal(adapt_first_conv(w, 3), w)
+
+
+def test_inflate_puts_the_kernel_on_the_centre_frames_and_zeros_elsewhere():
+    w = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).reshape(2, 1, 2, 2) + 1
+    three = inflate_first_conv(w, 3)
+    assert three.shape == (2, 3, 2, 2)
+    assert torch.equal(three[:, 1:2], w) and not three[:, 0].any() and not three[:, 2].any()
+    w3 = torch.randn(4, 3, 3, 3)
+    five = inflate_first_conv(w3, 5)
+    assert torch.equal(five[:, 1:4], w3) and not five[:, 0].any() and not five[:, 4].any()
+    # any outer slices: the response is the source kernel's on the centre slices
+    x = torch.randn(2, 5, 9, 9)
+    torch.testing.assert_close(nn.functional.conv2d(x, five), nn.functional.conv2d(x[:, 1:4], w3), rtol=0, atol=1e-5)
+    assert inflate_first_conv(w, 1) is not w and torch.equal(inflate_first_conv(w, 1), w)
+    for bad in ((w, 2), (w3, 1), (torch.randn(2, 2, 3, 3), 4), (torch.randn(2, 3), 5)):
+        with pytest.raises(ValueError):
+            inflate_first_conv(*bad)
 
 
 def test_adapt_keeps_dtype_and_validates():

@@ -225,6 +225,43 @@ def test_domain_adaptation_from_a_finetuned_model(trained_all, tmp_path):
     assert result["best_iou"] > 0.4
 
 
+def test_chained_frames_start_from_the_previous_model(trained_all, synthetic_pair, tmp_path):
+    import shutil
+
+    img, lab = synthetic_pair
+    shutil.copytree(trained_all / "1fm", tmp_path / "1fm")  # a finished 1fm model (skipped below)
+    one = json.loads((trained_all / "1fm" / "result.json").read_text())
+    assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+                "model.frames=all", "model.chain_frames=true", "trainer.max_steps=2", "val.every=2",
+                "optim.encoder_lr=1e-4", "optim.decoder_lr=3e-4",
+                f"output={tmp_path}"]) == 0
+    r3 = json.loads((tmp_path / "3fm" / "result.json").read_text())
+    r5 = json.loads((tmp_path / "5fm" / "result.json").read_text())
+    assert r3["init_kind"] == r5["init_kind"] == "segmenter"
+    assert r3["init"] == str(tmp_path / "1fm" / "best.ckpt") and r5["init"] == str(tmp_path / "3fm" / "best.ckpt")
+    assert r3["norms"] == r5["norms"] == one["norms"]
+    # 2 steps from random init give IoU ~0.05 (test_tiny_training_learns...: 0.85-0.9 after 60);
+    # the inflated 1fm model starts where the 1fm model ended
+    assert r3["best_iou"] > one["best_iou"] - 0.15 and r5["best_iou"] > one["best_iou"] - 0.15
+    model3, meta3 = load_segmenter(tmp_path / "3fm" / "best.ckpt")
+    assert meta3["frames"] == 3 and model3.frames == 3
+
+
+def test_a_model_cannot_start_from_one_with_more_frames(trained_all):
+    from omegaconf import OmegaConf
+
+    from cemkit.errors import ConfigError
+    from cemkit.finetune.initialization import resolve_init
+    from cemkit.finetune.training import build_model
+
+    cfg = OmegaConf.create({"data": {"num_classes": 2}})
+    init = resolve_init(str(trained_all / "5fm" / "best.ckpt"), 3)
+    with pytest.raises(ConfigError, match="5fm model but model.frames=3"):
+        build_model(cfg, 3, init)
+    model, norms, report = build_model(cfg, 5, init)  # same frames: loaded as is, ready to train
+    assert model.frames == 5 and model.training and report["kind"] == "segmenter"
+
+
 def test_cem500k_moco_checkpoint_loads_every_encoder_key(tmp_path, synthetic_pair):
     import timm
 

@@ -77,13 +77,21 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource):
     Returns ``(model, norms or None, load_report)``.
     """
     from cemkit.finetune.checkpoint import segmenter_from_checkpoint
-    from cemkit.models.deepem3d import build_segmenter
+    from cemkit.models.deepem3d import FRAME_INITS, build_segmenter
 
     num_classes = int(cfg.data.num_classes)
     if init.kind == "segmenter":
         model, meta = segmenter_from_checkpoint(init.checkpoint, str(init.path))
-        if model.frames != frames:
-            raise ConfigError(f"{init.path}: the checkpoint is a {model.frames}fm model but model.frames={frames}")
+        if model.frames > frames:
+            raise ConfigError(f"{init.path}: the checkpoint is a {model.frames}fm model but model.frames={frames} "
+                              "(a model can start from one with the same or fewer frames)")
+        if model.frames < frames:
+            from cemkit.models.deepem3d import inflate_segmenter
+
+            log.info("%dfm model starts from the %dfm model %s (first convolution inflated onto the centre frame)",
+                     frames, model.frames, init.path)
+            model = inflate_segmenter(model, frames)
+        model.train()  # loaded checkpoints come in eval mode; Lightning keeps a module's mode as it finds it
         if model.num_classes != num_classes:
             raise ConfigError(f"{init.path}: the checkpoint has num_classes={model.num_classes} but "
                               f"data.num_classes={num_classes}")
@@ -91,11 +99,15 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource):
         return model, meta.get("norms"), {"source": str(init.path), "kind": "segmenter", "loaded": n,
                                           "missing": [], "unexpected": []}
     m = cfg.model
+    frame_init = str(m.get("frame_init", "mean"))
+    if frame_init not in FRAME_INITS:
+        raise ConfigError(f"model.frame_init must be one of {', '.join(FRAME_INITS)}, got {frame_init!r}")
     model, report = build_segmenter(
         str(m.encoder.arch), frames, num_classes, weights=init.weights,
         timm_pretrained=bool(m.encoder.get("timm_pretrained", False)) and init.kind == "none",
         decoder_width=m.get("decoder_width"), dilations=list(m.dilations),
-        dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu))
+        dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu),
+        frame_init=frame_init)
     norms = init.weights.norms if init.kind == "encoder" else None
     if init.kind == "none" and bool(m.encoder.get("timm_pretrained", False)):
         norms = (0.449, 0.226)  # ImageNet mean/std averaged over RGB
@@ -135,8 +147,13 @@ def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
     return str(path)
 
 
-def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -> dict[str, Any]:
-    """Train one ``frames``-frame model into ``out_dir``; returns the run's result dict."""
+def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
+              init_spec: Any = None) -> dict[str, Any]:
+    """Train one ``frames``-frame model into ``out_dir``; returns the run's result dict.
+
+    ``init_spec`` replaces ``cfg.model.init`` when given (``model.chain_frames`` passes the
+    previous model's checkpoint).
+    """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
@@ -154,7 +171,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
         _check_resumable(resume, cfg)
 
     pl.seed_everything(int(cfg.seed), workers=True)
-    init = resolve_init(cfg.model.get("init"), frames)
+    init_value = cfg.model.get("init") if init_spec is None else init_spec
+    init = resolve_init(init_value, frames)
     model, init_norms, report = build_model(cfg, frames, init)
     try:
         frozen = model.freeze_encoder(cfg.model.get("freeze_encoder", "none"))
@@ -206,7 +224,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path) -
     except ValueError as exc:
         raise ConfigError(f"loss: {exc}") from exc
     meta = {"frames": frames, "num_classes": int(d.num_classes), "norms": [float(norms[0]), float(norms[1])],
-            "arch": model.arch, "norms_source": norms_source, "init": str(cfg.model.get("init")),
+            "arch": model.arch, "norms_source": norms_source, "init": str(init_value),
             "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.get("class_names"))}
     hparams = {"config": plain(cfg), "frames": frames}
     module = SegmentationModule(model, loss, meta, dict(plain(cfg.optim)), total, hparams=hparams,
@@ -322,10 +340,24 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     frames = frames_list(cfg.model.frames)
     out = Path(str(cfg.output))
     data = load_data(cfg.data, max(frames))
+    chain = bool(cfg.model.get("chain_frames", False))
     results: dict[int, dict[str, Any]] = {}
+    previous: int | None = None
     for f in frames:
-        results[f] = train_one(cfg, f, data, out / f"{f}fm")
+        init_spec = None
+        if chain and previous is not None:
+            init_spec = _chain_checkpoint(out / f"{previous}fm", previous)
+        results[f] = train_one(cfg, f, data, out / f"{f}fm", init_spec=init_spec)
+        previous = f
     return results
+
+
+def _chain_checkpoint(folder: Path, frames: int) -> str:
+    """The finished ``frames``-frame model that ``model.chain_frames`` starts the next model from."""
+    for name in ("best.ckpt", "last.ckpt"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    raise InputError(f"{folder}: model.chain_frames needs the {frames}fm model's best.ckpt or last.ckpt, found neither")
 
 
 def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequence[str]:

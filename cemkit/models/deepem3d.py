@@ -324,18 +324,29 @@ class DeepEM3DSegmenter(nn.Module):
         return enc, dec
 
 
+FRAME_INITS = ("centre", "mean")
+
+
 def build_segmenter(arch: str, frames: int, num_classes: int = 2, *, weights=None, strict: bool = True,
-                    timm_pretrained: bool = False, **decoder_kwargs) -> tuple[DeepEM3DSegmenter, dict]:
+                    timm_pretrained: bool = False, frame_init: str = "mean",
+                    **decoder_kwargs) -> tuple[DeepEM3DSegmenter, dict]:
     """Create a segmenter, optionally loading pretrained encoder weights into its ``frames``-channel stem.
 
     Parameters
     ----------
     weights
         :class:`cemkit.models.encoders.EncoderWeights` (from ``read_encoder_weights``) or ``None``.
-        Its 1- or 3-channel first convolution is adapted to ``frames`` channels so that identical
-        slices give the single slice's features.
+        Its 1- or 3-channel first convolution is adapted to ``frames`` channels (see ``frame_init``).
     timm_pretrained
         Load timm's own (ImageNet, 3-channel) weights, adapted the same way (needs network).
+    frame_init : {"mean", "centre"}
+        How a ``frames > 1`` model's first convolution starts. ``mean``: the single-slice kernel
+        divided over the frames, so that identical slices give the single slice's features.
+        ``centre``: the model is built and initialised as a 1-frame model (same weights, same random
+        draws) and its kernel is put on the centre frame with zeros on the others
+        (:func:`inflate_segmenter`), so it starts as a single-slice model and learns how much to take
+        from the neighbouring slices; with a short training budget this avoids the blurred start of
+        ``mean`` when consecutive slices differ (anisotropic stacks).
 
     Returns
     -------
@@ -344,6 +355,12 @@ def build_segmenter(arch: str, frames: int, num_classes: int = 2, *, weights=Non
     """
     from cemkit.models.encoders import create_encoder, load_encoder_weights
 
+    if frame_init not in FRAME_INITS:
+        raise ValueError(f"frame_init must be one of {FRAME_INITS}, got {frame_init!r}")
+    if frame_init == "centre" and frames > 1:
+        single, report = build_segmenter(arch, 1, num_classes, weights=weights, strict=strict,
+                                         timm_pretrained=timm_pretrained, **decoder_kwargs)
+        return inflate_segmenter(single, frames), report
     encoder = create_encoder(arch, in_chans=frames, pretrained=False)
     report: dict[str, Any] = {}
     if weights is None and timm_pretrained:
@@ -364,3 +381,31 @@ def build_segmenter(arch: str, frames: int, num_classes: int = 2, *, weights=Non
                  report["loaded"], len(report["missing"]), len(report["unexpected"]))
     model = DeepEM3DSegmenter(arch, frames, num_classes, encoder=encoder, **decoder_kwargs)
     return model, report
+
+
+def inflate_segmenter(model: DeepEM3DSegmenter, frames: int) -> DeepEM3DSegmenter:
+    """A ``frames``-frame copy of a trained segmenter, its first convolution inflated onto the centre frames.
+
+    The new model gives exactly the source model's output for any input whose centre
+    ``model.frames`` slices are the source model's input (see
+    :func:`cemkit.models.encoders.inflate_first_conv`); every other weight is copied.
+
+    Raises
+    ------
+    ValueError
+        ``frames`` smaller than the source's frames or not odd, or no first convolution found.
+    """
+    from cemkit.models.encoders import first_conv_name, inflate_first_conv
+
+    if frames == model.frames:
+        return model
+    config = dict(model.config, frames=int(frames))
+    new = DeepEM3DSegmenter.from_config(config)
+    conv = first_conv_name(model.encoder)
+    if conv is None:
+        raise ValueError(f"{model.arch}: no first convolution found to inflate")
+    key = f"encoder.{conv}.weight"
+    state = model.state_dict()
+    state[key] = inflate_first_conv(state[key], frames)
+    new.load_state_dict(state, strict=True)
+    return new

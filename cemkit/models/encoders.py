@@ -169,6 +169,38 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return grey.repeat(1, in_chans, 1, 1) / in_chans
 
 
+def inflate_first_conv(weight: torch.Tensor, frames: int) -> torch.Tensor:
+    """Grow a ``k``-frame first-convolution kernel to ``frames`` input frames, centred.
+
+    The ``k`` source channels go onto the ``k`` central channels of the new kernel and the added
+    outer channels are zero, so the inflated model computes exactly what the source model computes
+    on the centre ``k`` slices, whatever the outer slices hold (I3D-style inflation along z). A 3fm
+    model started from a trained 1fm model therefore starts at the 1fm model's accuracy and learns
+    to use the neighbouring slices from there.
+
+    Parameters
+    ----------
+    weight
+        Kernel of shape ``(out_channels, k, kh, kw)`` with ``k`` odd.
+    frames
+        Wanted number of input frames: odd and ``>= k``.
+
+    Returns
+    -------
+    torch.Tensor
+        New kernel ``(out_channels, frames, kh, kw)``, same dtype and device (a copy).
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4D conv kernel, got shape {tuple(weight.shape)}")
+    k = int(weight.shape[1])
+    if k % 2 == 0 or frames % 2 == 0 or frames < k:
+        raise ValueError(f"can only inflate an odd number of frames to a larger odd number, got {k} -> {frames}")
+    out = weight.new_zeros((weight.shape[0], frames, *weight.shape[2:]))
+    start = (frames - k) // 2
+    out[:, start:start + k] = weight
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # reading checkpoints
 
