@@ -19,12 +19,7 @@ from cemkit.pretrain.moco import MoCoV2, enqueue, infonce_loss
 from cemkit.pretrain.module import MoCoModule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

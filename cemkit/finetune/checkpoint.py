@@ -26,6 +26,16 @@ from cemkit.errors import InputError
 FORMAT = "cemkit-segmenter"
 VERSION = 1
 MODEL_PREFIX = "model."
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # what a finetune model folder holds, in order of preference
+
+
+def checkpoint_in(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint a finetune model folder (``output/{k}fm``) stands for: ``best.ckpt``, else
+    ``last.ckpt``; ``None`` when it holds neither."""
+    for name in CHECKPOINT_NAMES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
 
 
 def segmenter_entry(model, meta: dict[str, Any]) -> dict[str, Any]:

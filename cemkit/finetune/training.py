@@ -354,10 +354,12 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
 
 def _chain_checkpoint(folder: Path, frames: int) -> str:
     """The finished ``frames``-frame model that ``model.chain_frames`` starts the next model from."""
-    for name in ("best.ckpt", "last.ckpt"):
-        if (folder / name).is_file():
-            return str(folder / name)
-    raise InputError(f"{folder}: model.chain_frames needs the {frames}fm model's best.ckpt or last.ckpt, found neither")
+    from cemkit.finetune.checkpoint import checkpoint_in
+
+    found = checkpoint_in(folder)
+    if found is None:
+        raise InputError(f"{folder}: model.chain_frames needs the {frames}fm model's best.ckpt or last.ckpt, found neither")
+    return str(found)
 
 
 def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequence[str]:

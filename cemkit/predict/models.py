@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from cemkit.errors import InputError
+from cemkit.finetune.checkpoint import checkpoint_in, load_segmenter
 
 logger = logging.getLogger(__name__)
 
 FRAME_FOLDERS = ("1fm", "3fm", "5fm")
-CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
 
 @dataclass
@@ -53,13 +53,6 @@ def _as_list(spec) -> list[str]:
     return items
 
 
-def _checkpoint_in(folder: Path) -> Path | None:
-    for name in CHECKPOINT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
     """Checkpoint files named by ``spec``.
 
@@ -84,9 +77,9 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
             continue
         if not p.is_dir():
             raise InputError(f"checkpoint {p}: no such file or folder")
-        found = [c for c in (_checkpoint_in(p / f) for f in FRAME_FOLDERS) if c is not None]
+        found = [c for c in (checkpoint_in(p / f) for f in FRAME_FOLDERS) if c is not None]
         if not found:
-            direct = _checkpoint_in(p)
+            direct = checkpoint_in(p)
             found = [direct] if direct else sorted(p.glob("*/best.ckpt"))
         if not found:
             raise InputError(f"checkpoint folder {p}: holds no best.ckpt/last.ckpt, neither directly "
@@ -102,8 +95,6 @@ def _meta(meta, key: str, default=None):
 
 def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> list[Segmenter]:
     """Load checkpoints with :func:`cemkit.finetune.checkpoint.load_segmenter` onto ``device``."""
-    from cemkit.finetune.checkpoint import load_segmenter  # lazy: heavy import
-
     models = []
     for path in paths:
         try:
