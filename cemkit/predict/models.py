@@ -88,11 +88,6 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
     return paths
 
 
-def _meta(meta, key: str, default=None):
-    """A value of a checkpoint's meta (a dict, or an object with attributes)."""
-    return meta.get(key, default) if isinstance(meta, dict) else getattr(meta, key, default)
-
-
 def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> list[Segmenter]:
     """Load checkpoints with :func:`cemkit.finetune.checkpoint.load_segmenter` onto ``device``."""
     models = []
@@ -104,8 +99,8 @@ def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> li
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(f"checkpoint {path}: cannot be loaded as a cemkit segmenter ({exc})") from exc
         module = module.to(device).eval()
-        norms = tuple(float(v) for v in (_meta(meta, "norms") or (0.0, 1.0)))
+        norms = tuple(float(v) for v in (meta.get("norms") or (0.0, 1.0)))
         name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-        models.append(Segmenter(module, int(_meta(meta, "frames", 1)), norms, name, _meta(meta, "arch")))
+        models.append(Segmenter(module, int(meta.get("frames", 1)), norms, name, meta.get("arch")))
         logger.info("loaded %s (%s, %d frame(s))", path, models[-1].arch, models[-1].frames)
     return models
