@@ -8,7 +8,7 @@ import pytest
 
 from cemkit.cli.main import main
 from cemkit.demo.pipeline import INITS, MODELS
-from cemkit.demo.report import metric_value, read_metric_log
+from cemkit.demo.report import finetune_curves, metric_value, read_metric_log
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,13 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert (out / "corpus" / "metadata.json").exists()
     assert (out / "pretrain" / "encoder.pth").exists()
     for init in INITS:
+        assert (out / f"finetune_{init}" / "trunk" / "best.ckpt").exists()  # model.trunk.steps=20
         for frames in ("1fm", "3fm", "5fm"):
             assert (out / f"finetune_{init}" / frames / "best.ckpt").exists()
+        # the report draws the members after the trunk: trunk validated at steps 10, 20, members at 10 -> 30
+        curves = finetune_curves(out / f"finetune_{init}", "val/iou")
+        assert curves["trunk (1fm)"][0].tolist() == [9, 19]
+        assert all(curves[m][0].tolist() == [29] for m in ("1fm", "3fm", "5fm"))
         for model in MODELS:
             pred = out / "predict" / f"{init}_{model}"
             assert (pred / "probabilities.zarr").exists() and (pred / "objects.csv").exists()

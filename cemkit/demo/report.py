@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cemkit.demo.pipeline import INITS, MODELS, DemoResult
+from cemkit.finetune.training import RESULT_FILE, TRUNK_FOLDER
 
 TABLE_METRICS = ("iou", "dice", "precision", "recall", "v_rand", "v_info", "object_f1")
 
@@ -49,6 +50,23 @@ def read_metric_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 steps.append(int(float(step)))
                 values.append(float(value))
     return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()}
+
+
+def finetune_curves(run_dir: Path, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{model: (steps, values)}`` of metric ``key`` for the trunk (if any) and the 1fm/3fm/5fm models of a
+    finetune run folder; models that start from the trunk are drawn from the trunk's last step on."""
+    curves = {}
+    trunk = read_metric_log(run_dir / TRUNK_FOLDER / "logs" / "metrics.csv")
+    if key in trunk:
+        curves["trunk (1fm)"] = trunk[key]
+    result = run_dir / TRUNK_FOLDER / RESULT_FILE
+    offset = int(json.loads(result.read_text())["steps"]) if result.exists() else 0  # the trunk's optimizer steps
+    for model in MODELS[:-1]:
+        logs = read_metric_log(run_dir / model / "logs" / "metrics.csv")
+        if key in logs:
+            steps, values = logs[key]
+            curves[model] = (steps + offset, values)
+    return curves
 
 
 def _curves_png(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]]) -> bytes:
@@ -128,7 +146,8 @@ def write_report(result: DemoResult) -> Path:
              "td.note{text-align:left;font-style:italic}pre{background:#f6f6f6;padding:6px}img{margin:4px}",
              "</style></head><body><h1>cemkit demo</h1>",
              "<p>The whole pipeline on built-in synthetic EM data: curate several synthetic sources, pretrain a MoCoV2 "
-             "encoder briefly, finetune 1fm/3fm/5fm models from that encoder and from random init, predict a held-out "
+             "encoder briefly, finetune 1fm/3fm/5fm models (from a shared 1fm trunk) from that encoder and from random "
+             "init, predict a held-out "
              "volume with test-time augmentation and the 1fm/3fm/5fm ensemble, evaluate against its labels.</p>"]
 
     parts.append("<h2>1. Synthetic data</h2><p>Held-out test volume: slices with their mitochondria labels.</p>")
@@ -149,13 +168,9 @@ def write_report(result: DemoResult) -> Path:
     panels = []
     for init in INITS:
         for key, title in (("train/loss", "train loss"), ("val/iou", "validation IoU")):
-            curves = {}
-            for model in MODELS[:-1]:
-                logs = read_metric_log(out / f"finetune_{init}" / model / "logs" / "metrics.csv")
-                if key in logs:
-                    curves[model] = logs[key]
-            panels.append((f"{init}: {title}", curves))
-    parts.append("<h2>4. Finetuning</h2>" + _img_tag(_curves_png(panels), alt="finetune curves"))
+            panels.append((f"{init}: {title}", finetune_curves(out / f"finetune_{init}", key)))
+    parts.append("<h2>4. Finetuning</h2><p>With a shared trunk (<code>model.trunk.steps</code>), the 1fm, 3fm and "
+                 "5fm curves continue from the trunk's last step.</p>" + _img_tag(_curves_png(panels), alt="finetune curves"))
 
     parts.append("<h2>5. Predictions on the held-out volume</h2>")
     for init in INITS:

@@ -8,6 +8,7 @@ when the command is run again).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -152,7 +153,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     """Train one ``frames``-frame model into ``out_dir``; returns the run's result dict.
 
     ``init_spec`` replaces ``cfg.model.init`` when given (``model.chain_frames`` passes the
-    previous model's checkpoint).
+    previous model's checkpoint, ``model.trunk`` the trunk's).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -336,29 +337,85 @@ def frames_list(value: Any) -> list[int]:
 
 
 def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
-    """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``."""
+    """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``.
+
+    How the models start: from ``model.init`` (independent, as in CDeep3M); with
+    ``model.chain_frames`` from the previous model; with ``model.trunk.steps > 0`` from a shared 1fm
+    trunk trained first into ``output/trunk`` (see :func:`member_config`).
+    """
     frames = frames_list(cfg.model.frames)
     out = Path(str(cfg.output))
-    data = load_data(cfg.data, max(frames))
     chain = bool(cfg.model.get("chain_frames", False))
+    trunk_steps = trunk_settings(cfg)[0]
+    if chain and trunk_steps:
+        raise ConfigError("model.chain_frames=true and model.trunk.steps > 0 are two ways to start the models: "
+                          "choose one")
+    data = load_data(cfg.data, max(frames))
+    trunk: str | None = None
+    if trunk_steps:
+        log.info("training the shared 1fm trunk for %d steps into %s", trunk_steps, out / TRUNK_FOLDER)
+        train_one(trunk_config(cfg), 1, data, out / TRUNK_FOLDER)
+        trunk = _start_checkpoint(out / TRUNK_FOLDER, "the 1fm trunk", "model.trunk.steps")
     results: dict[int, dict[str, Any]] = {}
     previous: int | None = None
     for f in frames:
-        init_spec = None
+        init_spec = trunk
         if chain and previous is not None:
-            init_spec = _chain_checkpoint(out / f"{previous}fm", previous)
-        results[f] = train_one(cfg, f, data, out / f"{f}fm", init_spec=init_spec)
+            init_spec = _start_checkpoint(out / f"{previous}fm", f"the {previous}fm model", "model.chain_frames")
+        run_cfg = member_config(cfg, f) if trunk else cfg
+        results[f] = train_one(run_cfg, f, data, out / f"{f}fm", init_spec=init_spec)
         previous = f
     return results
 
 
-def _chain_checkpoint(folder: Path, frames: int) -> str:
-    """The finished ``frames``-frame model that ``model.chain_frames`` starts the next model from."""
+TRUNK_FOLDER = "trunk"
+TRUNK_LR_SCALE = 0.3  # default of model.trunk.lr_scale
+
+
+def trunk_settings(cfg: DictConfig) -> tuple[int, float]:
+    """``(model.trunk.steps, model.trunk.lr_scale)``, checked (steps 0 = no trunk)."""
+    t = cfg.model.get("trunk") or {}
+    steps, scale = int(t.get("steps", 0) or 0), float(t.get("lr_scale", TRUNK_LR_SCALE))
+    if steps < 0:
+        raise ConfigError(f"model.trunk.steps must be >= 0, got {steps}")
+    if not scale > 0:
+        raise ConfigError(f"model.trunk.lr_scale must be > 0, got {scale}")
+    return steps, scale
+
+
+def trunk_config(cfg: DictConfig) -> DictConfig:
+    """The config of the shared trunk: ``cfg`` with ``trainer.max_steps = model.trunk.steps``."""
+    t = copy.deepcopy(cfg)
+    t.trainer.max_steps = trunk_settings(cfg)[0]
+    return t
+
+
+def member_config(cfg: DictConfig, frames: int) -> DictConfig:
+    """The config of the ``frames``-frame model that starts from the trunk.
+
+    Each model gets its own seed (``seed + frames``: its own patches and augmentations) and the
+    learning rates ``optim.*_lr x model.trunk.lr_scale``, so that the 1fm, 3fm and 5fm models leave
+    the trunk in different directions but stay near it: members of about equal quality whose
+    errors differ, which an ensemble's mean needs to beat its best member. (Chained models are each
+    better than the last and share its errors, so their mean lands between them; independent
+    3fm/5fm models learn more slowly than the 1fm from a random start.) Measurements:
+    docs/finetune.md, "Ensemble members".
+    """
+    scale = trunk_settings(cfg)[1]
+    m = copy.deepcopy(cfg)
+    m.seed = int(cfg.seed) + int(frames)
+    m.optim.encoder_lr = float(cfg.optim.encoder_lr) * scale
+    m.optim.decoder_lr = float(cfg.optim.decoder_lr) * scale
+    return m
+
+
+def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
+    """The finished model in ``folder`` (``best.ckpt``, else ``last.ckpt``) that the next model starts from."""
     from cemkit.finetune.checkpoint import checkpoint_in
 
     found = checkpoint_in(folder)
     if found is None:
-        raise InputError(f"{folder}: model.chain_frames needs the {frames}fm model's best.ckpt or last.ckpt, found neither")
+        raise InputError(f"{folder}: {setting} needs {what}'s best.ckpt or last.ckpt, found neither")
     return str(found)
 
 
