@@ -254,14 +254,14 @@ def test_trunk_members_start_from_the_shared_1fm_with_own_seed_and_scaled_lr(syn
     out = tmp_path / "models"
     assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
                 "model.frames=all", "model.trunk.steps=30", "model.trunk.lr_scale=0.5", "trainer.max_steps=4",
-                "val.every=10", "seed=7", f"output={out}"]) == 0
+                "model.frame_steps={1fm:2,5fm:6}", "val.every=10", "seed=7", f"output={out}"]) == 0
     trunk = json.loads((out / "trunk" / "result.json").read_text())
     assert trunk["frames"] == 1 and trunk["steps"] == 30 and trunk["init_kind"] == "none"
     # 30 steps of the tiny config from random init: ~0.4 val IoU with this seed (random init: < 0.1)
     assert trunk["best_iou"] > 0.25
-    for f in (1, 3, 5):
+    for f, steps in ((1, 2), (3, 4), (5, 6)):  # model.frame_steps, else trainer.max_steps
         r = json.loads((out / f"{f}fm" / "result.json").read_text())
-        assert r["steps"] == 4 and r["init_kind"] == "segmenter" and r["init"] == str(out / "trunk" / "best.ckpt")
+        assert r["steps"] == steps and r["init_kind"] == "segmenter" and r["init"] == str(out / "trunk" / "best.ckpt")
         assert r["norms"] == trunk["norms"]
         cfg = torch.load(out / f"{f}fm" / "last.ckpt", weights_only=True)["hyper_parameters"]["config"]
         assert cfg["seed"] == 7 + f
@@ -273,6 +273,22 @@ def test_trunk_members_start_from_the_shared_1fm_with_own_seed_and_scaled_lr(syn
     assert not torch.equal(one.decoder.taps[0].plain.weight, start.decoder.taps[0].plain.weight)
     # predict's folder ensemble takes the three members, not the trunk
     assert resolve_checkpoints(str(out)) == [out / f"{f}fm" / "best.ckpt" for f in (1, 3, 5)]
+
+
+def test_frame_steps_parses_per_model_budgets():
+    from cemkit.errors import ConfigError
+    from cemkit.finetune.training import frame_steps
+
+    assert frame_steps(None) == {}
+    assert frame_steps({"1fm": 40, "3FM": 60, 5: 80}) == {1: 40, 3: 60, 5: 80}
+    with pytest.raises(ConfigError, match="frames must be odd and steps > 0"):
+        frame_steps({"2fm": 10})
+    with pytest.raises(ConfigError, match="frames must be odd and steps > 0"):
+        frame_steps({"3fm": 0})
+    with pytest.raises(ConfigError, match="is not <k>fm=<steps>"):
+        frame_steps({"xfm": 10})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        frame_steps([40, 60, 80])
 
 
 def test_trunk_and_chained_frames_are_exclusive(synthetic_pair, tmp_path, capsys):

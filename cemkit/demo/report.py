@@ -116,8 +116,8 @@ def _metric_table(result: DemoResult) -> str:
             rows.append(f"<tr{style}><td>{init}</td><td>{model}</td>{cells}</tr>")
         ens = metric_value(result.metrics[init]["ensemble"], "iou") or 0.0
         verdict = "at least as good as" if ens >= best_single - 1e-9 else "below"
-        rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">{init}: ensemble IoU {ens:.3f} is '
-                    f"{verdict} the best single model ({best_single:.3f})</td></tr>")
+        rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">{init}: ensemble IoU {ens:.4f} is '
+                    f"{verdict} the best single model ({best_single:.4f})</td></tr>")
     return f"<table><tr><th>encoder init</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 

@@ -350,6 +350,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     if chain and trunk_steps:
         raise ConfigError("model.chain_frames=true and model.trunk.steps > 0 are two ways to start the models: "
                           "choose one")
+    budgets = frame_steps(cfg.model.get("frame_steps"))
     data = load_data(cfg.data, max(frames))
     trunk: str | None = None
     if trunk_steps:
@@ -363,6 +364,8 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
         if chain and previous is not None:
             init_spec = _start_checkpoint(out / f"{previous}fm", f"the {previous}fm model", "model.chain_frames")
         run_cfg = member_config(cfg, f) if trunk else cfg
+        if f in budgets:
+            run_cfg = with_max_steps(run_cfg, budgets[f])
         results[f] = train_one(run_cfg, f, data, out / f"{f}fm", init_spec=init_spec)
         previous = f
     return results
@@ -383,11 +386,36 @@ def trunk_settings(cfg: DictConfig) -> tuple[int, float]:
     return steps, scale
 
 
+def frame_steps(spec: Any) -> dict[int, int]:
+    """``model.frame_steps`` as ``{frames: steps}``: per-model step budgets that replace
+    ``trainer.max_steps``, e.g. ``{1fm: 40, 3fm: 60, 5fm: 80}`` (keys ``1fm`` or ``1``); ``null`` = none."""
+    if spec in (None, "", "none"):
+        return {}
+    if not isinstance(spec, (dict, DictConfig)):
+        raise ConfigError(f"model.frame_steps must be a mapping like {{1fm:40,3fm:60,5fm:80}}, got {spec!r}")
+    budgets: dict[int, int] = {}
+    for key, value in dict(spec).items():
+        name = str(key).lower().removesuffix("fm")
+        try:
+            frames, steps = int(name), int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.frame_steps: {key}={value!r} is not <k>fm=<steps>") from exc
+        if frames < 1 or frames % 2 == 0 or steps <= 0:
+            raise ConfigError(f"model.frame_steps: {key}={value!r}: frames must be odd and steps > 0")
+        budgets[frames] = steps
+    return budgets
+
+
+def with_max_steps(cfg: DictConfig, steps: int) -> DictConfig:
+    """A copy of ``cfg`` with ``trainer.max_steps = steps``."""
+    c = copy.deepcopy(cfg)
+    c.trainer.max_steps = int(steps)
+    return c
+
+
 def trunk_config(cfg: DictConfig) -> DictConfig:
     """The config of the shared trunk: ``cfg`` with ``trainer.max_steps = model.trunk.steps``."""
-    t = copy.deepcopy(cfg)
-    t.trainer.max_steps = trunk_settings(cfg)[0]
-    return t
+    return with_max_steps(cfg, trunk_settings(cfg)[0])
 
 
 def member_config(cfg: DictConfig, frames: int) -> DictConfig:
