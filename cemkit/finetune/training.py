@@ -346,7 +346,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     frames = frames_list(cfg.model.frames)
     out = Path(str(cfg.output))
     chain = bool(cfg.model.get("chain_frames", False))
-    trunk_steps = trunk_settings(cfg)[0]
+    trunk_steps, lr_scale = trunk_settings(cfg)
     if chain and trunk_steps:
         raise ConfigError("model.chain_frames=true and model.trunk.steps > 0 are two ways to start the models: "
                           "choose one")
@@ -355,7 +355,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     trunk: str | None = None
     if trunk_steps:
         log.info("training the shared 1fm trunk for %d steps into %s", trunk_steps, out / TRUNK_FOLDER)
-        train_one(trunk_config(cfg), 1, data, out / TRUNK_FOLDER)
+        train_one(with_max_steps(cfg, trunk_steps), 1, data, out / TRUNK_FOLDER)
         trunk = _start_checkpoint(out / TRUNK_FOLDER, "the 1fm trunk", "model.trunk.steps")
     results: dict[int, dict[str, Any]] = {}
     previous: int | None = None
@@ -363,7 +363,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
         init_spec = trunk
         if chain and previous is not None:
             init_spec = _start_checkpoint(out / f"{previous}fm", f"the {previous}fm model", "model.chain_frames")
-        run_cfg = member_config(cfg, f) if trunk else cfg
+        run_cfg = member_config(cfg, f, lr_scale) if trunk else cfg
         if f in budgets:
             run_cfg = with_max_steps(run_cfg, budgets[f])
         results[f] = train_one(run_cfg, f, data, out / f"{f}fm", init_spec=init_spec)
@@ -413,27 +413,21 @@ def with_max_steps(cfg: DictConfig, steps: int) -> DictConfig:
     return c
 
 
-def trunk_config(cfg: DictConfig) -> DictConfig:
-    """The config of the shared trunk: ``cfg`` with ``trainer.max_steps = model.trunk.steps``."""
-    return with_max_steps(cfg, trunk_settings(cfg)[0])
-
-
-def member_config(cfg: DictConfig, frames: int) -> DictConfig:
+def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
     """The config of the ``frames``-frame model that starts from the trunk.
 
     Each model gets its own seed (``seed + frames``: its own patches and augmentations) and the
-    learning rates ``optim.*_lr x model.trunk.lr_scale``, so that the 1fm, 3fm and 5fm models leave
-    the trunk in different directions but stay near it: members of about equal quality whose
+    learning rates ``optim.*_lr x lr_scale`` (``model.trunk.lr_scale``), so that the 1fm, 3fm and
+    5fm models leave the trunk in different directions but stay near it: members of about equal quality whose
     errors differ, which an ensemble's mean needs to beat its best member. (Chained models are each
     better than the last and share its errors, so their mean lands between them; independent
     3fm/5fm models learn more slowly than the 1fm from a random start.) Measurements:
     docs/finetune.md, "Ensemble members".
     """
-    scale = trunk_settings(cfg)[1]
     m = copy.deepcopy(cfg)
     m.seed = int(cfg.seed) + int(frames)
-    m.optim.encoder_lr = float(cfg.optim.encoder_lr) * scale
-    m.optim.decoder_lr = float(cfg.optim.decoder_lr) * scale
+    m.optim.encoder_lr = float(cfg.optim.encoder_lr) * lr_scale
+    m.optim.decoder_lr = float(cfg.optim.decoder_lr) * lr_scale
     return m
 
 
