@@ -431,6 +431,19 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pai
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
 
 
+def test_resume_from_a_corrupt_last_checkpoint_names_the_file(tmp_path, synthetic_pair, capsys):
+    img, lab = synthetic_pair
+    last = tmp_path / "1fm" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 truncated by a full disk")
+    rc = cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+              "ckpt_path=last", f"output={tmp_path}"])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert f"{last}: cannot read as a weights-only torch checkpoint" in captured.out + captured.err
+    assert not (tmp_path / "1fm" / "result.json").exists()
+
+
 def test_interrupted_frames_all_skips_finished_and_resumes_3fm(tmp_path, synthetic_pair, monkeypatch):
     img, lab = synthetic_pair
     args = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",

@@ -54,13 +54,17 @@ def is_segmenter_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("cemkit"), dict) and obj["cemkit"].get("format") == FORMAT
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with an :class:`InputError` naming the file on failure."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with an :class:`InputError` naming the file on failure.
+
+    ``mmap=True`` maps the tensors instead of reading them (for a look at a big checkpoint's metadata).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - pickle / zip errors of all kinds
         raise InputError(f"{path}: cannot read as a weights-only torch checkpoint ({exc})") from exc
 

@@ -274,9 +274,9 @@ RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "dat
 
 def _check_resumable(path: str, cfg: DictConfig) -> None:
     """A resumed run must keep the settings that define its steps, patches and schedule."""
-    import torch
+    from cemkit.finetune.checkpoint import read_checkpoint
 
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    saved = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
     old = OmegaConf.create(saved.get("config") or {})
     diffs = [f"{k}={OmegaConf.select(old, k)} (now {plain(OmegaConf.select(cfg, k))})" for k in RESUME_KEYS
              if OmegaConf.select(old, k) is not None
