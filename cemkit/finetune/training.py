@@ -418,11 +418,11 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
 
     Each model gets its own seed (``seed + frames``: its own patches and augmentations) and the
     learning rates ``optim.*_lr x lr_scale`` (``model.trunk.lr_scale``), so that the 1fm, 3fm and
-    5fm models leave the trunk in different directions but stay near it: members of about equal quality whose
-    errors differ, which an ensemble's mean needs to beat its best member. (Chained models are each
-    better than the last and share its errors, so their mean lands between them; independent
-    3fm/5fm models learn more slowly than the 1fm from a random start.) Measurements:
-    docs/finetune.md, "Ensemble members".
+    5fm models leave the trunk in different directions but stay near it, aiming at members of about equal
+    quality whose errors differ, which an ensemble's mean needs to beat its best member. (Chained models
+    are each better than the last and share its errors, so their mean lands between them; independent
+    3fm/5fm models learn more slowly than the 1fm from a random start.) On short budgets the members
+    can still differ by more than averaging gains: measurements in docs/finetune.md, "Ensemble members".
     """
     m = copy.deepcopy(cfg)
     m.seed = int(cfg.seed) + int(frames)
