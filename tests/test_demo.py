@@ -8,7 +8,7 @@ import pytest
 
 from cemkit.cli.main import main
 from cemkit.demo.pipeline import INITS, MODELS
-from cemkit.demo.report import finetune_curves, metric_value, read_metric_log
+from cemkit.demo.report import curation_rows, finetune_curves, metric_value, read_metric_log
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,25 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
         assert section in report
     assert report.count("<tr class=\"ens\">") == len(INITS)  # one ensemble row per encoder init
     assert report.count("data:image/png;base64,") >= 4  # montage, curves, overlays are embedded
+    # the curation table has one row per curated source plus the total, with the corpus' own counts
+    meta = json.loads((out / "corpus" / "metadata.json").read_text())
+    rows = curation_rows(meta)
+    assert [r[0] for r in rows] == [*meta["counts"], "total"]
+    assert rows[-1][2:5] == [str(meta["totals"][k]) for k in ("patches", "exemplars", "kept")]
+    assert all(f"<td>{r[0]}</td>" in report for r in rows[:-1]) and "{" not in report.split("Curation")[1].split("<h2>")[0]
+
+
+def test_curation_rows_of_a_corpus_metadata():
+    meta = {"counts": {"lab_b": {"patches": 48, "exemplars": 21, "kept": 21, "dropped": {"duplicate": 27},
+                                 "planes": [["xy"]]},
+                       "fib": {"patches": 736, "exemplars": 87, "kept": 86,
+                               "dropped": {"low_contrast": 1, "duplicate": 649},
+                               "planes": [["xy", "xz", "yz"], ["xy"]]}},
+            "totals": {"patches": 784, "exemplars": 108, "kept": 107}}
+    assert curation_rows(meta) == [["lab_b", "xy", "48", "21", "21", "duplicate 27"],
+                                   ["fib", "xy/xz/yz", "736", "87", "86", "duplicate 649, low_contrast 1"],
+                                   ["total", "", "784", "108", "107", ""]]
+    assert curation_rows({}) == []
 
 
 def test_rerun_resumes_without_redoing_steps(demo_run, capsys):

@@ -121,20 +121,44 @@ def _metric_table(result: DemoResult) -> str:
     return f"<table><tr><th>encoder init</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def curation_rows(meta: dict) -> list[list[str]]:
+    """Rows ``[source, planes, patches, after dedup, kept, dropped]`` of a corpus ``metadata.json``, plus a total.
+
+    ``dropped`` lists the reasons with their counts (``duplicate 24, low_contrast 4``); ``planes`` the
+    cross-section planes cut from the source's items (``xy`` for 2-D images).
+    """
+    rows = []
+    for name, c in (meta.get("counts") or {}).items():
+        planes = sorted({p for item in c.get("planes", []) for p in (item if isinstance(item, list) else [item])})
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted((c.get("dropped") or {}).items()))
+        rows.append([name, "/".join(planes), str(c.get("patches", "")), str(c.get("exemplars", "")),
+                     str(c.get("kept", "")), dropped])
+    t = meta.get("totals") or {}
+    if t:
+        rows.append(["total", "", str(t.get("patches", "")), str(t.get("exemplars", "")), str(t.get("kept", "")), ""])
+    return rows
+
+
 def _curation_table(corpus: Path) -> str:
     meta_path = corpus / "metadata.json"
     if not meta_path.exists():
         return "<p>(no corpus metadata)</p>"
     meta = json.loads(meta_path.read_text())
-    rows = []
-    for name, counts in (meta.get("sources") or {}).items():
-        if isinstance(counts, dict):
-            cells = "".join(f"<td>{html.escape(str(counts.get(k, '')))}</td>" for k in ("patches", "after_dedup", "kept"))
-            rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-    table = ("<table><tr><th>source</th><th>patches</th><th>after dedup</th><th>kept</th></tr>" + "".join(rows) + "</table>") if rows else ""
-    summary = {k: meta[k] for k in ("counts", "mean", "std") if k in meta}
-    return table + f"<pre>{html.escape(json.dumps(summary, indent=1))}</pre>" + \
-        '<p>Full curation report with duplicate groups and rejected patches: <a href="corpus/report.html">corpus/report.html</a></p>'
+    head = "".join(f"<th>{h}</th>" for h in ("source", "planes", "patches", "after dedup", "kept", "dropped"))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in curation_rows(meta))
+    hs = meta.get("hash") or {}
+    facts = [f"{meta.get('n_patches', '?')} patches of {meta.get('patch_size', '?')} px"]
+    if "mean" in meta and "std" in meta:
+        facts.append(f"intensity mean {meta['mean']:.3f}, std {meta['std']:.3f} (of the range 0-255 as 0-1)")
+    if hs:
+        facts.append(f"near-duplicates: {hs.get('algorithm', 'dhash')} of {hs.get('hash_size')}x{hs.get('hash_size')}, "
+                     f"Hamming distance <= {hs.get('hamming')}, per {hs.get('scope', 'source')}")
+    failed = meta.get("failed_sources") or []
+    if failed:
+        facts.append(f"failed sources: {', '.join(map(str, failed))}")
+    return (f"<table><tr>{head}</tr>{body}</table><p>Corpus: {html.escape('; '.join(facts))}.</p>"
+            '<p>Full curation report with duplicate groups and rejected patches: '
+            '<a href="corpus/report.html">corpus/report.html</a></p>')
 
 
 def write_report(result: DemoResult) -> Path:
