@@ -138,8 +138,8 @@ def bench_augment(size, count):
     """Two-view pairs per second of cemkit's EM pipeline (and lightly's MoCoV2Transform) in one process."""
     from omegaconf import OmegaConf
 
-    from cemkit.pretrain.augment import TwoViewTransform
     from cemkit.io import open_volume
+    from cemkit.pretrain.augment import TwoViewTransform
 
     files = sorted(SAMPLES.glob("*.tif*")) if SAMPLES.is_dir() else []
     if files:

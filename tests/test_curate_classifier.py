@@ -7,7 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cemkit.curate.classifier import ClassifierConfig, PatchClassifier, auroc, read_labels, train_classifier
+from cemkit.curate.classifier import (
+    ClassifierConfig,
+    PatchClassifier,
+    auroc,
+    read_labels,
+    train_classifier,
+)
 from cemkit.curate.patches import extract_patches
 from cemkit.errors import InputError
 

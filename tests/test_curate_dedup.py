@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from cemkit.curate.dedup import dedup_source, hamming, leader_cluster, reference_leader_cluster, source_order
+from cemkit.curate.dedup import (
+    dedup_source,
+    hamming,
+    leader_cluster,
+    reference_leader_cluster,
+    source_order,
+)
 
 
 def _h(*bits):
@@ -89,7 +95,7 @@ def test_seed_changes_grouping_of_chains():
     # group, led by h0 or h2 it is two, so the seeded visiting order matters and the seed reproduces it
     h0 = np.uint64(0)
     h1 = np.uint64((1 << 12) - 1)
-    h2 = np.uint64(((1 << 24) - 1))
+    h2 = np.uint64((1 << 24) - 1)
     h = np.array([h0, h1, h2], dtype=np.uint64)
     counts = {}
     for seed in range(12):

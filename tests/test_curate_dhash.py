@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cemkit.curate.dhash import dhash_batch, dhash_bits, hash_to_hex, hex_to_hash, resize_lanczos_u8
+from cemkit.curate.dhash import (
+    dhash_batch,
+    dhash_bits,
+    hash_to_hex,
+    hex_to_hash,
+    resize_lanczos_u8,
+)
 from cemkit.curate.patches import extract_patches
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

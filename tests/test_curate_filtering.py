@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cemkit.curate.filtering import HeuristicThresholds, heuristic_reasons, heuristic_scores
+from cemkit.curate.filtering import (
+    HeuristicThresholds,
+    heuristic_reasons,
+    heuristic_scores,
+)
 from cemkit.curate.patches import extract_patches
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

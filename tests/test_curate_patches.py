@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from cemkit.curate.patches import count_tiles, extract_patches, tile_grid, tile_starts
-from cemkit.curate.sections import Section, is_isotropic, plan_sections, read_section, section_planes
+from cemkit.curate.sections import (
+    Section,
+    is_isotropic,
+    plan_sections,
+    read_section,
+    section_planes,
+)
 from cemkit.curate.sources import discover_sources
 from cemkit.errors import InputError
 

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from cemkit.finetune.checkpoint import load_segmenter, save_segmenter
-from cemkit.models.deepem3d import (DeepEM3DSegmenter, TapUpsampler, bilinear_kernel, build_segmenter,
-                                    dilated_transposed_padding, inflate_segmenter)
+from cemkit.models.deepem3d import (
+    DeepEM3DSegmenter,
+    TapUpsampler,
+    bilinear_kernel,
+    build_segmenter,
+    dilated_transposed_padding,
+    inflate_segmenter,
+)
 from cemkit.models.encoders import EncoderWeights, create_encoder
 
 

@@ -8,7 +8,12 @@ import pytest
 
 from cemkit.cli.main import main
 from cemkit.demo.pipeline import INITS, MODELS
-from cemkit.demo.report import curation_rows, finetune_curves, metric_value, read_metric_log
+from cemkit.demo.report import (
+    curation_rows,
+    finetune_curves,
+    metric_value,
+    read_metric_log,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from cemkit.errors import InputError
 from cemkit.models.encoders import (
     EncoderWeights,
     adapt_first_conv,
-    inflate_first_conv,
     create_encoder,
     first_conv_name,
+    inflate_first_conv,
     load_encoder_weights,
     read_encoder_weights,
 )

@@ -13,8 +13,13 @@ import torch
 import yaml
 
 from cemkit.cli.main import main as cli_main
-from cemkit.export import (ExportCheckError, export_onnx, export_torchscript, read_onnx_metadata,
-                           read_torchscript_metadata)
+from cemkit.export import (
+    ExportCheckError,
+    export_onnx,
+    export_torchscript,
+    read_onnx_metadata,
+    read_torchscript_metadata,
+)
 from cemkit.finetune.checkpoint import load_segmenter, save_segmenter
 from cemkit.models.deepem3d import build_segmenter
 

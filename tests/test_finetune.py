@@ -13,9 +13,21 @@ from cemkit.cli.main import main as cli
 from cemkit.data.synthetic import make_volume
 from cemkit.errors import InputError
 from cemkit.finetune.checkpoint import load_segmenter
-from cemkit.finetune.data import (LabelledVolume, PatchDataset, convert_labels, frame_indices, read_labelled_volume,
-                                  split_validation)
-from cemkit.finetune.losses import SegmentationLoss, auto_balance_weights, cross_entropy, focal, soft_dice
+from cemkit.finetune.data import (
+    LabelledVolume,
+    PatchDataset,
+    convert_labels,
+    frame_indices,
+    read_labelled_volume,
+    split_validation,
+)
+from cemkit.finetune.losses import (
+    SegmentationLoss,
+    auto_balance_weights,
+    cross_entropy,
+    focal,
+    soft_dice,
+)
 from cemkit.io import write_png_folder, write_tif_stack
 
 

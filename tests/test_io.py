@@ -525,7 +525,7 @@ def test_volumes_work_in_spawned_workers(tmp_path):
 
 
 def test_bigtiff_keeps_voxel_size(tmp_path, monkeypatch):
-    import cemkit.io.writers as writers
+    from cemkit.io import writers
 
     monkeypatch.setattr(writers, "BIGTIFF_BYTES", 100)  # pretend the stack is over 4 GB
     a = ramp(dtype=np.uint8)

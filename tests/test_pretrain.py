@@ -10,14 +10,17 @@ from hydra import compose, initialize_config_module
 
 from cemkit.data.synthetic import make_volume
 from cemkit.io import write_png_folder
-from cemkit.models.encoders import create_encoder, load_encoder_weights, read_encoder_weights
-from cemkit.pretrain.command import run
+from cemkit.models.encoders import (
+    create_encoder,
+    load_encoder_weights,
+    read_encoder_weights,
+)
 from cemkit.pretrain.augment import TwoViewTransform
+from cemkit.pretrain.command import run
 from cemkit.pretrain.data import PretrainDataModule, TwoViewDataset, open_source
 from cemkit.pretrain.export import export_encoder
 from cemkit.pretrain.moco import MoCoV2, enqueue, infonce_loss
 from cemkit.pretrain.module import MoCoModule
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

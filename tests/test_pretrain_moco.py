@@ -13,7 +13,6 @@ from cemkit.errors import ConfigError
 from cemkit.models.encoders import create_encoder
 from cemkit.pretrain.augment import TwoViewTransform
 from cemkit.pretrain.data import StepBatchSampler, TwoViewDataset
-from cemkit.pretrain.module import LRSchedule, scaled_lr
 from cemkit.pretrain.moco import (
     MoCoV2,
     SplitBatchNorm2d,
@@ -25,6 +24,7 @@ from cemkit.pretrain.moco import (
     infonce_loss,
     momentum_update,
 )
+from cemkit.pretrain.module import LRSchedule, scaled_lr
 
 AUG = {
     "rotate": {"limit": 180, "p": 0.5, "border_mode": "constant"},

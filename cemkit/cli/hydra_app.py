@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 
@@ -64,10 +64,11 @@ def prepare_ddp_relaunch() -> None:
     for Hydra, so it is set here to ``<entry> <command> <overrides>``. Outside a CLI run (e.g. a
     test calling ``run(cfg)`` directly) nothing changes.
     """
-    import __main__
     import os
 
     from hydra.core.hydra_config import HydraConfig
+
+    import __main__
 
     if _current_command is None or not HydraConfig.initialized():
         return

@@ -74,7 +74,12 @@ class FilterSettings:
 
 def _classifier_probabilities(tables: list[SourceTable], ids: list[np.ndarray], settings: FilterSettings,
                               out: Path, seed: int) -> tuple[list[np.ndarray], dict]:
-    from cemkit.curate.classifier import ClassifierConfig, PatchClassifier, read_labels, train_classifier
+    from cemkit.curate.classifier import (
+        ClassifierConfig,
+        PatchClassifier,
+        read_labels,
+        train_classifier,
+    )
 
     cc = ClassifierConfig(**settings.classifier)
     info: dict = {}
@@ -179,7 +184,7 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
                             "" if np.isnan(prob[r]) else f"{prob[r]:.4f}", int(keep[r]), reason[r],
                             int(locs[r, 0]), int(locs[r, 1])])
             uniq, cnt = np.unique(reason[reason != ""].astype(str), return_counts=True)
-            counts[st.name] = {"patches": int(len(reason)), "exemplars": int(t["exemplar"].sum()),
+            counts[st.name] = {"patches": len(reason), "exemplars": int(t["exemplar"].sum()),
                                "kept": int(keep.sum()),
                                "dropped": {str(u): int(c) for u, c in zip(uniq, cnt)},
                                "items": len(items), "planes": st.done["planes"]}

@@ -170,7 +170,7 @@ class PatchClassifier:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PatchClassifier":
+    def load(cls, path: str | Path) -> PatchClassifier:
         import torch
 
         path = Path(path)
@@ -240,7 +240,6 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
     seed : int
         Seeds the split, initialisation and batch order.
     """
-    import torch
 
     cfg = cfg or ClassifierConfig()
     with _Threads(cfg.threads):

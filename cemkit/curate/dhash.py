@@ -238,7 +238,7 @@ def resize_lanczos_u8(images: np.ndarray, out_w: int, out_h: int, buf: np.ndarra
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W) uint8 images, got {images.shape} {images.dtype}")
-    n, h, w = images.shape
+    _, h, w = images.shape
     if w != out_w and h != out_h and not horizontal_first(h, w, out_h, out_w):
         # vertical pass first: the horizontal pass on the transposed images
         x = _horizontal(np.ascontiguousarray(images.transpose(0, 2, 1)), out_h, buf)

@@ -25,7 +25,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cemkit.curate.assembly import FilterSettings, assemble, export_patches  # noqa: F401 - public API
-from cemkit.curate.source_work import CurateParams, SourceResult, warm_up, process_source
+from cemkit.curate.source_work import (
+    CurateParams,
+    SourceResult,
+    process_source,
+    warm_up,
+)
 from cemkit.curate.sources import Source, discover_sources
 from cemkit.errors import ConfigError
 

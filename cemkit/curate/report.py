@@ -106,12 +106,12 @@ def _score_plots(tables, probs, settings) -> str:
 def write_report(out: Path, tables, reasons, probs, meta: dict, settings, seed: int = 0) -> Path:
     """Write ``out/report.html`` (atomically) and return its path."""
     rng = np.random.default_rng(seed)
-    parts = [f"<h1>cemkit curate report</h1><p>{meta['totals']['patches']} patches from "
-             f"{meta['totals']['sources_curated']} of {meta['totals']['sources']} sources; "
-             f"{meta['totals']['exemplars']} after dedup (dHash {meta['hash']['hash_size']}x"
-             f"{meta['hash']['hash_size']}, Hamming &le; {meta['hash']['hamming']}, per source); "
-             f"<b>{meta['totals']['kept']} kept</b> (filter: {html.escape(meta['filter']['method'])}). "
-             f"Corpus mean {meta['mean']:.4f}, std {meta['std']:.4f} (intensity / 255).</p>"]
+    parts = [(f"<h1>cemkit curate report</h1><p>{meta['totals']['patches']} patches from "
+              f"{meta['totals']['sources_curated']} of {meta['totals']['sources']} sources; "
+              f"{meta['totals']['exemplars']} after dedup (dHash {meta['hash']['hash_size']}x"
+              f"{meta['hash']['hash_size']}, Hamming &le; {meta['hash']['hamming']}, per source); "
+              f"<b>{meta['totals']['kept']} kept</b> (filter: {html.escape(meta['filter']['method'])}). "
+              f"Corpus mean {meta['mean']:.4f}, std {meta['std']:.4f} (intensity / 255).</p>")]
     if meta["filter"].get("classifier"):
         parts.append(f"<p>Classifier: {html.escape(str(meta['filter']['classifier']))}</p>")
     # counts table

@@ -9,8 +9,8 @@ anisotropic (xy only): give ``voxel_size`` in the sources file to enable the oth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -22,9 +22,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,7 +34,12 @@ from cemkit.curate.dedup import DedupResult, dedup_source
 from cemkit.curate.dhash import dhash_batch
 from cemkit.curate.filtering import HeuristicThresholds, heuristic_scores
 from cemkit.curate.patches import count_tiles, extract_patches
-from cemkit.curate.sections import plan_sections, read_section, section_planes, section_shape
+from cemkit.curate.sections import (
+    plan_sections,
+    read_section,
+    section_planes,
+    section_shape,
+)
 from cemkit.curate.sources import Source
 from cemkit.errors import CemkitError, InputError
 
@@ -263,12 +268,12 @@ def process_source(source: Source, params: CurateParams, work_root: str | Path,
     voxels = [None if p[2] is None else [float(v) for v in p[2]] for p in plans]
     done = {"fingerprint": fingerprint, "source": source.name, "path": str(source.path),
             "items": item_labels, "slice_files": slice_files, "shapes": shapes, "voxel_sizes": voxels,
-            "planes": [list(p[3]) for p in plans], "n_patches": int(n), "n_exemplars": int(len(ex_idx)),
+            "planes": [list(p[3]) for p in plans], "n_patches": int(n), "n_exemplars": len(ex_idx),
             "errors": errors}
     corpus_io.write_json(done_path, done)
     if after_source_hook is not None:
         after_source_hook(source.name)
-    return SourceResult(source.name, "done", int(n), int(len(ex_idx)), time.perf_counter() - t0, errors)
+    return SourceResult(source.name, "done", int(n), len(ex_idx), time.perf_counter() - t0, errors)
 
 
 def _downsample2(x: np.ndarray) -> np.ndarray:

@@ -149,7 +149,7 @@ def _curation_table(corpus: Path) -> str:
     hs = meta.get("hash") or {}
     facts = [f"{meta.get('n_patches', '?')} patches of {meta.get('patch_size', '?')} px"]
     if "mean" in meta and "std" in meta:
-        facts.append(f"intensity mean {meta['mean']:.3f}, std {meta['std']:.3f} (of the range 0-255 as 0-1)")
+        facts.append(f"intensity mean {meta['mean']:.3f}, std {meta['std']:.3f} (intensity / 255)")
     if hs:
         facts.append(f"near-duplicates: {hs.get('algorithm', 'dhash')} of {hs.get('hash_size')}x{hs.get('hash_size')}, "
                      f"Hamming distance <= {hs.get('hamming')}, per {hs.get('scope', 'source')}")
@@ -164,15 +164,16 @@ def _curation_table(corpus: Path) -> str:
 def write_report(result: DemoResult) -> Path:
     """Write ``<output>/report.html`` and return its path."""
     out = result.output
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cemkit demo report</title><style>",
-             "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}tr.ens td{font-weight:bold}"
-             "td.note{text-align:left;font-style:italic}pre{background:#f6f6f6;padding:6px}img{margin:4px}",
-             "</style></head><body><h1>cemkit demo</h1>",
-             "<p>The whole pipeline on built-in synthetic EM data: curate several synthetic sources, pretrain a MoCoV2 "
-             "encoder briefly, finetune 1fm/3fm/5fm models (from a shared 1fm trunk) from that encoder and from random "
-             "init, predict a held-out "
-             "volume with test-time augmentation and the 1fm/3fm/5fm ensemble, evaluate against its labels.</p>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
+             "tr.ens td{font-weight:bold}td.note{text-align:left;font-style:italic}pre{background:#f6f6f6;padding:6px}"
+             "img{margin:4px}")
+    intro = ("The whole pipeline on built-in synthetic EM data: curate several synthetic sources, pretrain a MoCoV2 "
+             "encoder briefly, finetune 1fm/3fm/5fm models (from a shared 1fm trunk) from that encoder and from "
+             "random init, predict a held-out volume with test-time augmentation and the 1fm/3fm/5fm ensemble, "
+             "evaluate against its labels.")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cemkit demo report</title>",
+             f"<style>{style}</style></head><body><h1>cemkit demo</h1>", f"<p>{intro}</p>"]
 
     parts.append("<h2>1. Synthetic data</h2><p>Held-out test volume: slices with their mitochondria labels.</p>")
     montage = out / "data" / "montage.png"

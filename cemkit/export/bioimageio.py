@@ -17,8 +17,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ CEM500K_CITATION = {
 def _require() -> None:
     """Fail clearly when bioimageio.core is missing or cannot work with the installed pydantic."""
     try:
-        import bioimageio.core  # noqa: F401
+        import bioimageio.core
         import bioimageio.spec
         import pydantic
         from bioimageio.spec.model import v0_5 as spec
@@ -94,7 +95,10 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
     """
     _require()
     from bioimageio.core import test_model
-    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+    from bioimageio.spec import (
+        save_bioimageio_package,
+        save_bioimageio_package_as_folder,
+    )
     from bioimageio.spec.model import v0_5 as spec
 
     path = Path(path)

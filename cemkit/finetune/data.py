@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,7 +128,7 @@ class LabelledVolume:
     slices: np.ndarray
     name: str
 
-    def subset(self, slices: Sequence[int]) -> "LabelledVolume":
+    def subset(self, slices: Sequence[int]) -> LabelledVolume:
         return LabelledVolume(self.image, self.label, np.asarray(slices, dtype=np.int64), self.name)
 
 

@@ -11,7 +11,7 @@ enter the loss value, normalised by the summed pixel weights, so the loss stays 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,15 +13,24 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
-from cemkit.finetune.data import (LabelledVolume, PatchDataset, PatchSampler, SliceDataset, build_augmentation,
-                                  intensity_norms, read_labelled_volume, split_validation)
+from cemkit.finetune.data import (
+    LabelledVolume,
+    PatchDataset,
+    PatchSampler,
+    SliceDataset,
+    build_augmentation,
+    intensity_norms,
+    read_labelled_volume,
+    split_validation,
+)
 from cemkit.finetune.initialization import InitSource, resolve_init
 from cemkit.finetune.losses import SegmentationLoss
 

@@ -53,7 +53,7 @@ _PIL_MODES = {
 class ImageHeader:
     """What the header of one 2D image file says: (y, x) size, dtype, colour or not."""
 
-    __slots__ = ("path", "size", "dtype", "colour")
+    __slots__ = ("colour", "dtype", "path", "size")
 
     def __init__(self, path: Path, size: tuple[int, int], dtype: np.dtype, colour: bool):
         self.path, self.size, self.dtype, self.colour = path, size, np.dtype(dtype), colour

@@ -17,7 +17,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tifffile
 
 from cemkit.errors import InputError

@@ -215,14 +215,16 @@ class Volume:
         return self.size * self.dtype.itemsize
 
     # -- conversion ------------------------------------------------------------------------
-    def as_uint8(self, percentiles: tuple[float, float] = (0.5, 99.5), max_slices: int = 16) -> "Volume":
+    def as_uint8(self, percentiles: tuple[float, float] = (0.5, 99.5), max_slices: int = 16) -> Volume:
         """A lazy view converting every read to uint8.
 
         uint8 data is returned unchanged (``self``); bool maps to 0/255; every other dtype is
         stretched linearly between the ``percentiles`` of the data, estimated once from up to
         ``max_slices`` evenly spaced z-slices (see :func:`cemkit.io.intensity.estimate_percentiles`).
         """
-        from cemkit.io.intensity import Uint8View  # local: intensity imports this module
+        from cemkit.io.intensity import (
+            Uint8View,  # local: intensity imports this module
+        )
 
         if self.dtype == np.uint8:
             return self
@@ -238,10 +240,10 @@ class Volume:
             if close is not None and callable(close):
                 close()
 
-    def __enter__(self) -> "Volume":
+    def __enter__(self) -> Volume:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- pickling --------------------------------------------------------------------------

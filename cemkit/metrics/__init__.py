@@ -28,7 +28,13 @@ from cemkit.metrics.pixel import (
     recall,
     specificity,
 )
-from cemkit.metrics.rand import contingency_table, info_scores, label_components, rand_scores, thin_borders
+from cemkit.metrics.rand import (
+    contingency_table,
+    info_scores,
+    label_components,
+    rand_scores,
+    thin_borders,
+)
 
 __all__ = [
     "BinaryCounts",

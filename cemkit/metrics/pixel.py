@@ -23,7 +23,8 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def accuracy(pred, target) -> float:
 
 def specificity(pred, target) -> float:
     """Specificity ``tn / (tn + fp)``, pooled; target without background: 1.0 if the prediction has none either."""
-    tp, fp, fn, tn = binary_counts(pred, target)
+    _, fp, fn, tn = binary_counts(pred, target)
     return _ratio(tn, tn + fp, fn == 0)
 
 

@@ -22,7 +22,8 @@ the logits back.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -230,7 +231,7 @@ class DeepEM3DSegmenter(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DeepEM3DSegmenter":
+    def from_config(cls, config: dict[str, Any]) -> DeepEM3DSegmenter:
         """Rebuild a model from :attr:`config` (a plain dict, as stored in checkpoints)."""
         return cls(**config)
 
@@ -309,7 +310,7 @@ class DeepEM3DSegmenter(nn.Module):
         self.train(self.training)
         return names
 
-    def train(self, mode: bool = True) -> "DeepEM3DSegmenter":
+    def train(self, mode: bool = True) -> DeepEM3DSegmenter:
         super().train(mode)
         if mode and self._frozen:
             mods = dict(self.encoder.named_modules())

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -236,7 +237,7 @@ def read_encoder_weights(source: str | os.PathLike | Mapping[str, Any], *, map_l
             raise InputError(f"{path}: encoder weights file not found")
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad input file
+        except Exception as exc:
             raise InputError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({exc})") from exc
         if not isinstance(obj, Mapping):
             raise InputError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
@@ -284,7 +285,7 @@ def _parse(obj: Mapping[str, Any], where: str) -> EncoderWeights:
         for key, value in raw.items():
             if key.startswith(moco_prefix):
                 name = key[len(moco_prefix):]
-                if name.startswith("fc.") or name.startswith("head."):
+                if name.startswith(("fc.", "head.")):
                     dropped.append(key)  # MoCo projection head inside the encoder (cellemnet fc.0 / fc.2)
                 else:
                     sd[name] = value

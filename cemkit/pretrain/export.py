@@ -9,7 +9,11 @@ from pathlib import Path
 import torch
 
 from cemkit.errors import InputError
-from cemkit.models.encoders import ENCODER_FORMAT, ENCODER_FORMAT_VERSION, read_encoder_weights
+from cemkit.models.encoders import (
+    ENCODER_FORMAT,
+    ENCODER_FORMAT_VERSION,
+    read_encoder_weights,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -195,7 +195,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     num_splits: int = 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _split_batch_norm(self, x)
 
 
@@ -261,7 +261,7 @@ def set_bn_splits(module: nn.Module, num_splits: int) -> None:
 
 def _no_generator() -> None:
     """Default source of Shuffle-BN permutations: torch's global generator."""
-    return None
+    return
 
 
 def projection_head(in_features: int, hidden: int, dim: int) -> nn.Sequential:
@@ -303,7 +303,7 @@ class MoCoV2(nn.Module):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        features = int(getattr(encoder, "num_features"))
+        features = int(encoder.num_features)
         hidden = int(mlp_hidden or features)
         self.momentum = float(momentum)
         self.temperature = float(temperature)

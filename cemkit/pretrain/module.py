@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +14,13 @@ import torch
 from cemkit.errors import ConfigError
 from cemkit.models.encoders import create_encoder
 from cemkit.pretrain.data import mix_seed
-from cemkit.pretrain.moco import MoCoV2, contrastive_accuracy, embedding_std, infonce_loss, set_bn_splits
+from cemkit.pretrain.moco import (
+    MoCoV2,
+    contrastive_accuracy,
+    embedding_std,
+    infonce_loss,
+    set_bn_splits,
+)
 
 log = logging.getLogger(__name__)
 

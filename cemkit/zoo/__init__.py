@@ -7,11 +7,29 @@
 from cemkit.zoo.cache import cache_root, is_offline
 from cemkit.zoo.cards import ModelCard, Normalisation, all_cards, get_card, read_card
 from cemkit.zoo.download import download, sha256_file
-from cemkit.zoo.registry import (ZOO_PREFIX, cached_path, encoder_weights, fetch, register,
-                                 resolve)
+from cemkit.zoo.registry import (
+                                 ZOO_PREFIX,
+                                 cached_path,
+                                 encoder_weights,
+                                 fetch,
+                                 register,
+                                 resolve,
+)
 
 __all__ = [
-    "ModelCard", "Normalisation", "ZOO_PREFIX", "all_cards", "cache_root", "cached_path",
-    "download", "encoder_weights", "fetch", "get_card", "is_offline", "read_card", "register",
-    "resolve", "sha256_file",
+                                 "ZOO_PREFIX",
+                                 "ModelCard",
+                                 "Normalisation",
+                                 "all_cards",
+                                 "cache_root",
+                                 "cached_path",
+                                 "download",
+                                 "encoder_weights",
+                                 "fetch",
+                                 "get_card",
+                                 "is_offline",
+                                 "read_card",
+                                 "register",
+                                 "resolve",
+                                 "sha256_file",
 ]

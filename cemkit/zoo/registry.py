@@ -25,8 +25,16 @@ from typing import Any
 
 from cemkit.errors import InputError
 from cemkit.zoo.cache import OFFLINE_ENV, cards_dir, is_offline, model_dir, url_dir
-from cemkit.zoo.cards import (KINDS, ModelCard, card_from_dict, filename_from_url, get_card,
-                              shipped_cards, user_cards, write_card)
+from cemkit.zoo.cards import (
+    KINDS,
+    ModelCard,
+    card_from_dict,
+    filename_from_url,
+    get_card,
+    shipped_cards,
+    user_cards,
+    write_card,
+)
 from cemkit.zoo.download import download, sha256_file
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,13 @@ folders for curation tests, and PNG montages.
 """
 
 from .montage import montage_array, save_montage
-from .raw_folder import INJECTED_KINDS, InjectedItem, RawFolderInfo, SourceInfo, write_raw_folder
+from .raw_folder import (
+    INJECTED_KINDS,
+    InjectedItem,
+    RawFolderInfo,
+    SourceInfo,
+    write_raw_folder,
+)
 from .styles import STYLES, Style, resolve_style
 from .volume import SyntheticVolume, make_volume
 

@@ -200,7 +200,6 @@ def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction
         Per-mitochondrion geometry (centre, axis, bbox) used for the cristae texture.
     """
     vs = np.array(voxel_size, dtype=np.float64)
-    ext = np.array(shape) * vs
     coords = axis_coords(shape, voxel_size)
     instances = np.zeros(shape, dtype=np.int32)
     depth_map = np.zeros(shape, dtype=np.float32)

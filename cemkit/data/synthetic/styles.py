@@ -70,7 +70,7 @@ class Style:
     flicker: float = 1.5
     inverted: bool = False
 
-    def with_(self, **changes) -> "Style":
+    def with_(self, **changes) -> Style:
         """Return a copy with some fields changed."""
         return replace(self, **changes)
 
@@ -110,7 +110,7 @@ STYLES: tuple[Style, ...] = (
 )
 
 
-def resolve_style(style: "int | str | Style") -> Style:
+def resolve_style(style: int | str | Style) -> Style:
     """Return the :class:`Style` for an index into :data:`STYLES`, a style name or a Style."""
     if isinstance(style, Style):
         return style

@@ -48,7 +48,7 @@ class SyntheticVolume:
 def make_volume(
     shape: tuple[int, int, int] = (16, 256, 256),
     seed: int = 0,
-    style: "int | str | Style" = 0,
+    style: int | str | Style = 0,
     voxel_size: tuple[float, float, float] | None = None,
     *,
     nucleus: bool = True,
