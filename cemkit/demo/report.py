@@ -104,20 +104,53 @@ def metric_value(metrics: dict, name: str) -> float | None:
     return None
 
 
+def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, float | None]) -> str:
+    """One sentence comparing the ensemble's test IoU with its members'.
+
+    Parameters
+    ----------
+    init
+        Encoder initialisation the models were finetuned from (``pretrained`` or ``random``).
+    test_iou
+        Held-out IoU of ``1fm``, ``3fm``, ``5fm`` and ``ensemble``.
+    val_iou
+        Best validation IoU of each member during finetuning (``None`` where unknown). The member
+        with the highest one is the model a user would pick without test labels.
+    """
+    members = [m for m in MODELS[:-1] if m in test_iou]
+    best = max(members, key=lambda m: test_iou[m])
+    ens = test_iou["ensemble"]
+    verdict = "at least as good as" if ens >= test_iou[best] - 1e-9 else "below"
+    text = f"{init}: ensemble IoU {ens:.4f} is {verdict} the best single model ({best}, {test_iou[best]:.4f})"
+    known = [m for m in members if val_iou.get(m) is not None]
+    if known:
+        pick = max(known, key=lambda m: val_iou[m])
+        text += (f"; the member with the best validation IoU, the {pick} ({val_iou[pick]:.4f}), scores "
+                 f"{test_iou[pick]:.4f} here")
+    return text
+
+
+def _best_val_iou(run_dir: Path, model: str) -> float | None:
+    path = run_dir / model / RESULT_FILE
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get("best_iou")
+    return None if value is None else float(value)
+
+
 def _metric_table(result: DemoResult) -> str:
     head = "".join(f"<th>{m}</th>" for m in TABLE_METRICS)
     rows = []
     for init in INITS:
-        best_single = max((metric_value(result.metrics[init][m], "iou") or 0.0) for m in MODELS[:-1])
         for model in MODELS:
             vals = [metric_value(result.metrics[init][model], m) for m in TABLE_METRICS]
             cells = "".join(f"<td>{'' if v is None else f'{v:.3f}'}</td>" for v in vals)
             style = ' class="ens"' if model == "ensemble" else ""
             rows.append(f"<tr{style}><td>{init}</td><td>{model}</td>{cells}</tr>")
-        ens = metric_value(result.metrics[init]["ensemble"], "iou") or 0.0
-        verdict = "at least as good as" if ens >= best_single - 1e-9 else "below"
-        rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">{init}: ensemble IoU {ens:.4f} is '
-                    f"{verdict} the best single model ({best_single:.4f})</td></tr>")
+        test = {m: metric_value(result.metrics[init][m], "iou") or 0.0 for m in MODELS}
+        val = {m: _best_val_iou(result.output / f"finetune_{init}", m) for m in MODELS[:-1]}
+        rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">'
+                    f"{html.escape(ensemble_verdict(init, test, val))}</td></tr>")
     return f"<table><tr><th>encoder init</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 
