@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cemkit.demo.pipeline import INITS, MODELS, DemoResult
-from cemkit.finetune.training import RESULT_FILE, TRUNK_FOLDER
+from cemkit.finetune.training import TRUNK_FOLDER, read_result
 
 TABLE_METRICS = ("iou", "dice", "precision", "recall", "v_rand", "v_info", "object_f1")
 
@@ -59,8 +59,8 @@ def finetune_curves(run_dir: Path, key: str) -> dict[str, tuple[np.ndarray, np.n
     trunk = read_metric_log(run_dir / TRUNK_FOLDER / "logs" / "metrics.csv")
     if key in trunk:
         curves["trunk (1fm)"] = trunk[key]
-    result = run_dir / TRUNK_FOLDER / RESULT_FILE
-    offset = int(json.loads(result.read_text())["steps"]) if result.exists() else 0  # the trunk's optimizer steps
+    trunk_result = read_result(run_dir / TRUNK_FOLDER)
+    offset = int(trunk_result["steps"]) if trunk_result else 0  # the trunk's optimizer steps
     for model in MODELS[:-1]:
         logs = read_metric_log(run_dir / model / "logs" / "metrics.csv")
         if key in logs:
@@ -131,10 +131,7 @@ def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, f
 
 
 def _best_val_iou(run_dir: Path, model: str) -> float | None:
-    path = run_dir / model / RESULT_FILE
-    if not path.exists():
-        return None
-    value = json.loads(path.read_text()).get("best_iou")
+    value = (read_result(run_dir / model) or {}).get("best_iou")
     return None if value is None else float(value)
 
 

@@ -65,7 +65,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:
+    except Exception as exc:  # pickle / zip errors of all kinds
         raise InputError(f"{path}: cannot read as a weights-only torch checkpoint ({exc})") from exc
 
 

@@ -172,10 +172,10 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from cemkit.tracking import build_trainer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    result_path = out_dir / RESULT_FILE
-    if result_path.is_file() and not cfg.get("overwrite", False):
+    finished = read_result(out_dir)
+    if finished is not None and not cfg.get("overwrite", False):
         log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
-        return json.loads(result_path.read_text())
+        return finished
     resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
     if resume is not None:
         _check_resumable(resume, cfg)
@@ -274,7 +274,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
               "history": module.history, "norms": list(norms), "init": meta["init"], "init_kind": init.kind,
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
-    _write_json(result_path, result)
+    _write_json(out_dir / RESULT_FILE, result)
     return result
 
 
@@ -448,6 +448,13 @@ def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
     if found is None:
         raise InputError(f"{folder}: {setting} needs {what}'s best.ckpt or last.ckpt, found neither")
     return str(found)
+
+
+def read_result(out_dir: Path | str) -> dict[str, Any] | None:
+    """The result of a finished model run in ``out_dir`` (its ``result.json``: ``frames``, ``steps``,
+    ``best_iou``, checkpoints, validation history), or ``None`` while the run is not finished."""
+    path = Path(out_dir) / RESULT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequence[str]:
