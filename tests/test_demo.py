@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cemkit.cli.main import main
+from cemkit.io import open_volume
 from cemkit.demo.pipeline import INITS, MODELS
 from cemkit.demo.report import (
     curation_rows,
@@ -45,6 +47,10 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
             assert (pred / "probabilities.zarr").exists() and (pred / "objects.csv").exists()
             iou = metric_value(summary["metrics"][init][model], "iou")
             assert iou is not None and 0.0 <= iou <= 1.0
+        # the ensemble is the mean of the members' saved maps (predictions=[...]), not a second model run
+        maps = [np.asarray(open_volume(out / "predict" / f"{init}_{m}" / "probabilities.zarr")[...]).astype(np.float32)
+                for m in MODELS]
+        np.testing.assert_allclose(maps[-1], sum(maps[:-1]) / 3, atol=1e-3)
     # the pretrain loss curve the report plots comes from the run's CSV log
     assert "train/loss" in read_metric_log(out / "pretrain" / "logs" / "metrics.csv")
 

@@ -77,3 +77,53 @@ def test_cli_predict_bad_input_exits_2(run_folder, tmp_path):
                  f"output={tmp_path / 'o'}"]) == 2
     assert main(["predict", f"checkpoint={run_folder}", f"input={tmp_path}", "tta=3",
                  f"output={tmp_path / 'o'}"]) == 2
+
+
+def test_cli_predict_combines_saved_predictions_like_the_models(run_folder, em_stack, tmp_path):
+    """predictions=[...] (CDeep3M's EnsemblePredictions) gives the map of checkpoint=FOLDER without rerunning."""
+    from cemkit.io import open_volume
+
+    common = [f"input={em_stack}", "tile_size=64", "border=0", "batch_size=8", "slab_size=5", "tta=2",
+              "device=cpu", "progress=false", "overlays=0", "min_size=2", "prob_dtype=float32"]
+    members = []
+    for frames in (1, 3, 5):
+        out = tmp_path / f"p_{frames}fm"
+        assert main(["predict", f"checkpoint={run_folder / f'{frames}fm' / 'best.ckpt'}", f"output={out}", *common]) == 0
+        members.append(out)
+    assert main(["predict", f"checkpoint={run_folder}", f"output={tmp_path / 'direct'}", *common]) == 0
+    saved = tmp_path / "saved"
+    assert main(["predict", f"predictions=[{','.join(map(str, members))}]", f"output={saved}", *common]) == 0
+
+    direct = np.asarray(open_volume(tmp_path / "direct" / "probabilities.zarr")[...])
+    combined = np.asarray(open_volume(saved / "probabilities.zarr")[...])
+    np.testing.assert_allclose(combined, direct, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(open_volume(saved / "labels.zarr")[...]),
+                                  np.asarray(open_volume(tmp_path / "direct" / "labels.zarr")[...]))
+    rec = json.loads((saved / "predict.json").read_text())
+    assert [p["prediction"] for p in rec["predictions"]] == [str(m.resolve()) for m in members]
+    assert [m["frames"] for m in rec["models"]] == [1, 3, 5]
+
+    vote = tmp_path / "vote"
+    assert main(["predict", f"predictions=[{','.join(map(str, members))}]", f"output={vote}", "ensemble=vote",
+                 *common]) == 0
+    maps = [np.asarray(open_volume(m / "probabilities.zarr")[...]) for m in members]
+    np.testing.assert_allclose(np.asarray(open_volume(vote / "probabilities.zarr")[...]),
+                               sum((p > 0.5).astype(np.float32) for p in maps) / 3, atol=1e-6)
+
+
+def test_cli_predict_saved_prediction_errors(run_folder, em_stack, tmp_path):
+    from cemkit.io import write_tif_stack
+
+    other = tmp_path / "other.tif"
+    write_tif_stack(other, np.full((5, 32, 32), 0.5, np.float32))
+    mask = tmp_path / "mask.tif"
+    write_tif_stack(mask, np.zeros((5, 64, 64), np.uint8))
+    out = f"output={tmp_path / 'o'}"
+    assert main(["predict", f"input={em_stack}", out]) == 2                                   # neither
+    assert main(["predict", f"checkpoint={run_folder}", f"predictions=[{other}]", f"input={em_stack}", out]) == 2
+    assert main(["predict", f"predictions=[{other}]", f"input={em_stack}", out]) == 2         # wrong shape
+    assert main(["predict", f"predictions=[{tmp_path / 'missing'}]", f"input={em_stack}", out]) == 2
+    assert main(["predict", f"predictions=[{mask}]", f"input={em_stack}", out]) == 2          # a mask
+    assert main(["predict", f"predictions=[{other},{other}]", f"input={em_stack}", "ensemble=weighted",
+                 "weights=[1]", out]) == 2
+    assert not (tmp_path / "o" / "predict.json").exists()

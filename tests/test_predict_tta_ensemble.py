@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cemkit.predict.ensemble import RunningEnsemble, combine, normalised_weights
+from cemkit.predict.ensemble import RunningEnsemble, combine, model_votes, normalised_weights
 from cemkit.predict.models import Segmenter
 from cemkit.predict.streaming import (
     SlabPredictor,
@@ -146,3 +146,17 @@ def test_ensemble_of_models_through_the_tiler():
     out = SlabPredictor(models, TileSettings(tile_size=16), ensemble="weighted", weights=[3, 1]) \
         .predict_slab(vol, 1, 2)[0, 0]
     np.testing.assert_allclose(out, 0.75 * vol[1] / 255.0 + 0.25 * vol[0] / 255.0, atol=1e-6)
+
+
+def test_vote_over_a_slab_of_several_planes():
+    """A slab is (planes, classes, H, W): votes are taken over the classes, not over the planes."""
+    vol = np.random.default_rng(3).integers(0, 256, (4, 20, 20), dtype=np.uint8)
+    models = [Segmenter(CentreFrame(), frames=1), Segmenter(FirstFrame(), frames=3), Segmenter(CentreFrame(), frames=3)]
+    out = SlabPredictor(models, TileSettings(tile_size=16), ensemble="vote").predict_slab(vol, 1, 4)
+    prev = vol[[0, 1, 2]] / 255.0                        # FirstFrame of a 3fm model: the plane before
+    centre = vol[1:4] / 255.0
+    expected = (2 * (centre > 0.5) + (prev > 0.5)) / 3.0
+    np.testing.assert_allclose(out[:, 0], expected, atol=1e-6)
+    # multi-class slab (2 planes, 3 classes, 1 pixel): one-hot arg-max along axis 1
+    slab = np.array([[[[0.1]], [[0.7]], [[0.2]]], [[[0.5]], [[0.2]], [[0.3]]]], np.float32)
+    np.testing.assert_array_equal(model_votes(slab, class_axis=1)[:, :, 0, 0], [[0, 1, 0], [1, 0, 0]])

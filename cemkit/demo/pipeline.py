@@ -114,11 +114,14 @@ def run_demo(cfg: DictConfig) -> DemoResult:
         run_dir = out / f"finetune_{init}"
         result.metrics[init] = {}
         for model in MODELS:
-            checkpoint = run_dir if model == "ensemble" else run_dir / model / "best.ckpt"
             pred = out / "predict" / f"{init}_{model}"
+            if model == "ensemble":  # the members' saved maps, combined (no model runs twice)
+                members = ",".join(str(out / "predict" / f"{init}_{m}") for m in MODELS if m != "ensemble")
+                source = [f"predictions=[{members}]"]
+            else:
+                source = [f"checkpoint={run_dir / model / 'best.ckpt'}", f"tta={cfg.tta}"]
             steps.stage(f"predict_{init}_{model}", "predict", [
-                f"checkpoint={checkpoint}", f"input={paths['test_image']}", f"output={pred}", f"tta={cfg.tta}",
-                *lists["predict"]])
+                *source, f"input={paths['test_image']}", f"output={pred}", *lists["predict"]])
             ev = out / "evaluate" / f"{init}_{model}"
             steps.stage(f"evaluate_{init}_{model}", "evaluate", [
                 f"prediction={pred}", f"labels={paths['test_labels']}", f"output={ev}", *lists["evaluate"]])

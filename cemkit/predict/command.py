@@ -28,11 +28,17 @@ def run(cfg: DictConfig) -> None:
     from cemkit.predict.runner import run_prediction
 
     settings = settings_from_cfg(cfg)
-    checkpoint = OmegaConf.to_container(cfg.checkpoint) if OmegaConf.is_list(cfg.checkpoint) else cfg.checkpoint
-    record = run_prediction(cfg.input, cfg.output, checkpoint, settings=settings, input_key=cfg.input_key)
+    checkpoint, predictions = (OmegaConf.to_container(v) if OmegaConf.is_list(v) else v
+                               for v in (cfg.checkpoint, cfg.get("predictions")))
+    if (checkpoint is None) == (predictions is None):
+        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
+                          "maps to combine), exactly one of them")
+    record = run_prediction(cfg.input, cfg.output, checkpoint, settings=settings, input_key=cfg.input_key,
+                            predictions=predictions)
     if record.get("outputs"):
         t = record["timings"]
-        print(f"cemkit predict: {len(record['models'])} model(s), {record['objects']} objects, "
-              f"{t['total_s']:.1f} s -> {cfg.output}")
+        what = (f"{len(record['predictions'])} saved prediction(s)" if record.get("predictions")
+                else f"{len(record['models'])} model(s)")
+        print(f"cemkit predict: {what}, {record['objects']} objects, {t['total_s']:.1f} s -> {cfg.output}")
         for name, path in record["outputs"].items():
             print(f"  {name:<13} {path}")

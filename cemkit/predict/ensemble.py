@@ -29,20 +29,23 @@ def normalised_weights(count: int, method: str, weights: Sequence[float] | None)
     return w / w.sum()
 
 
-def model_votes(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """One model's vote per pixel as float32 with the class axis first.
+def model_votes(prob: np.ndarray, threshold: float = 0.5, class_axis: int = 0) -> np.ndarray:
+    """One model's vote per pixel as float32, shaped like ``prob``.
 
     A 1-channel (binary) map votes ``prob > threshold``; a C-channel map votes for its arg-max class
-    (one-hot).
+    (one-hot). ``class_axis`` is the axis of the channels (0 for ``(C, ...)``, 1 for a slab
+    ``(S, C, H, W)``).
     """
-    if prob.shape[0] == 1:
+    if prob.shape[class_axis] == 1:
         return (prob > threshold).astype(np.float32)
-    winner = prob.argmax(axis=0)
-    return (np.arange(prob.shape[0]).reshape((-1,) + (1,) * winner.ndim) == winner).astype(np.float32)
+    winner = np.expand_dims(prob.argmax(axis=class_axis), class_axis)
+    classes = np.arange(prob.shape[class_axis]).reshape([-1 if a == class_axis % prob.ndim else 1
+                                                         for a in range(prob.ndim)])
+    return (classes == winner).astype(np.float32)
 
 
 def combine(probs: Sequence[np.ndarray], method: str = "mean", weights: Sequence[float] | None = None,
-            threshold: float = 0.5) -> np.ndarray:
+            threshold: float = 0.5, class_axis: int = 0) -> np.ndarray:
     """Combine per-model probability maps ``(C, ...)`` into one ``(C, ...)`` float32 map.
 
     Parameters
@@ -57,11 +60,13 @@ def combine(probs: Sequence[np.ndarray], method: str = "mean", weights: Sequence
         Per-model weights for ``weighted``.
     threshold : float
         Binary decision threshold used by ``vote``.
+    class_axis : int
+        Axis of the classes in each map (``vote`` only).
     """
     w = normalised_weights(len(probs), method, weights)
     total = np.zeros(probs[0].shape, dtype=np.float32)
     for p, wi in zip(probs, w):
-        total += np.float32(wi) * (model_votes(p, threshold) if method == "vote" else p)
+        total += np.float32(wi) * (model_votes(p, threshold, class_axis) if method == "vote" else p)
     return total
 
 
@@ -69,15 +74,16 @@ class RunningEnsemble:
     """Accumulates :func:`combine` one model at a time (only one map in memory besides the sum)."""
 
     def __init__(self, count: int, method: str = "mean", weights: Sequence[float] | None = None,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, class_axis: int = 0):
         self.method = method
         self.threshold = threshold
+        self.class_axis = class_axis
         self.weights = normalised_weights(count, method, weights)
         self.total: np.ndarray | None = None
         self._next = 0
 
     def add(self, prob: np.ndarray) -> None:
-        term = model_votes(prob, self.threshold) if self.method == "vote" else prob
+        term = model_votes(prob, self.threshold, self.class_axis) if self.method == "vote" else prob
         weight = np.float32(self.weights[self._next])
         self._next += 1
         if self.total is None:  # a single model keeps its map as is (no copy)

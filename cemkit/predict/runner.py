@@ -44,6 +44,7 @@ from cemkit.predict.postprocess import (
     write_table_csv,
 )
 from cemkit.predict.progress import ProgressLog
+from cemkit.predict.saved import SavedMapCombiner, open_saved_predictions, saved_record
 from cemkit.predict.streaming import SlabPredictor, TileSettings, run_slabs, slab_ranges
 from cemkit.predict.tiling import BLENDING_MODES
 
@@ -170,7 +171,7 @@ def _model_record(m: Segmenter, path: Path | None) -> dict:
 
 def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
                    models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
-                   input_key: str | None = None) -> dict:
+                   input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> dict:
     """Predict a volume and write the outputs listed in the module docstring.
 
     Parameters
@@ -186,6 +187,10 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     settings : PredictSettings
     input_key : str, optional
         Dataset inside an HDF5/zarr container.
+    predictions : sequence of str or Path, optional
+        Saved probability maps (``cemkit predict`` output folders or probability volumes of the
+        input's shape) to combine with ``settings.ensemble`` instead of running models
+        (:mod:`cemkit.predict.saved`); tiling and TTA settings do not apply.
 
     Returns
     -------
@@ -206,30 +211,50 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     if s.output_format == "png" and s.prob_dtype != "uint8":
         logger.info("output_format=png: probabilities are written as uint8 (x255)")
         s.prob_dtype = "uint8"
-    ckpts = resolve_checkpoints(checkpoint) if models is None else None
-    n_models = len(ckpts) if models is None else len(models)
-    s.check(n_models)
+    if predictions is not None:
+        if checkpoint is not None or models is not None:
+            raise ConfigError("predict: give checkpoint=... (run models) or predictions=[...] (combine saved maps), "
+                              "not both")
+        if s.orthoplane:
+            raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
+                              "not predictions=[...]")
+        predictions = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
+        s.check(len(predictions))
+        ckpts = None
+    else:
+        ckpts = resolve_checkpoints(checkpoint) if models is None else None
+        s.check(len(ckpts) if models is None else len(models))
     vol = open_volume(input_path, key=input_key)
     src = vol.as_uint8()
-    paths: list[Path | None]
-    if models is None:
-        models = load_segmenters(ckpts, device)
-        paths = list(ckpts)
-    else:
-        models = list(models)
-        for m in models:
-            m.module.to(device).eval()
-        paths = [None] * len(models)
     depth, height, width = vol.shape
-    channels = output_channels(models, device)
+    paths: list[Path | None]
+    members: list[dict] | None = None
+    if predictions is not None:
+        saved = open_saved_predictions(predictions, vol.shape)
+        if s.tta:
+            logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
+        members = [saved_record(p) for p in saved]
+        record_models = [m for member in members for m in member.get("models", [])]
+        channels = 1
+    else:
+        if models is None:
+            models = load_segmenters(ckpts, device)
+            paths = list(ckpts)
+        else:
+            models = list(models)
+            for m in models:
+                m.module.to(device).eval()
+            paths = [None] * len(models)
+        record_models = [_model_record(m, p) for m, p in zip(models, paths)]
+        channels = output_channels(models, device)
     multi = channels > 1
-    logger.info("input %s: shape %s, voxel size %s; %d model(s), %d channel(s), device %s",
-                input_path, vol.shape, vol.voxel_size, len(models), channels, device)
+    logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
+                input_path, vol.shape, vol.voxel_size, len(members or record_models),
+                "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
 
-    record_models = [_model_record(m, p) for m, p in zip(models, paths)]
     signature = {
         "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
-        "models": record_models, "world": info.world,
+        "models": record_models, "predictions": members, "world": info.world,
         # post-processing always reruns, so its settings do not invalidate finished slabs
         "settings": {k: v for k, v in asdict(s).items()
                      if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
@@ -264,7 +289,10 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                     view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
         devices.barrier()
 
-    predictor = SlabPredictor(models, s.tile_settings(), device, s.amp, s.ensemble, s.weights, s.threshold)
+    if predictions is not None:
+        predictor = SavedMapCombiner(saved, s.ensemble, s.weights, s.threshold)
+    else:
+        predictor = SlabPredictor(models, s.tile_settings(), device, s.amp, s.ensemble, s.weights, s.threshold)
     stats: dict[str, Any] = {}
 
     def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
@@ -303,7 +331,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     record = {
         "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
                   "voxel_size": list(vs) if vs else None},
-        "models": record_models, "settings": asdict(s), "device": str(device), "world": info.world,
+        "models": record_models, "predictions": members, "settings": asdict(s), "device": str(device), "world": info.world,
         "channels": channels, "resumed": log.resumed,
         "timings": {"predict_s": round(predict_s, 3),
                     "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)

@@ -141,7 +141,7 @@ class SlabPredictor:
         padded = reflect_pad(block, geom)
         del block
         positions = [(j, y, x) for j in range(z1 - z0) for (y, x) in geom.positions]
-        ens = RunningEnsemble(len(self.models), self.ensemble, self.weights, self.threshold)
+        ens = RunningEnsemble(len(self.models), self.ensemble, self.weights, self.threshold, class_axis=1)
         bs = max(1, int(self.settings.batch_size))
         for model in self.models:
             ctx = np.stack([frame_indices(z, depth, model.frames) - lo for z in range(z0, z1)])
