@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from cemkit.cli.main import main
-from cemkit.io import open_volume
 from cemkit.demo.pipeline import INITS, MODELS
 from cemkit.demo.report import (
     curation_rows,
@@ -17,6 +16,7 @@ from cemkit.demo.report import (
     metric_value,
     read_metric_log,
 )
+from cemkit.io import open_volume
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,10 @@ def test_rerun_resumes_without_redoing_steps(demo_run, capsys):
 def test_ensemble_verdict_names_the_best_member_and_the_one_validation_would_pick():
     test = {"1fm": 0.9243, "3fm": 0.9284, "5fm": 0.9234, "ensemble": 0.9282}
     assert ensemble_verdict("random", test, {"1fm": 0.9416, "3fm": 0.9374, "5fm": 0.9409}) == (
-        "random: ensemble IoU 0.9282 is below the best single model (3fm, 0.9284); the member with the best "
+        "random: ensemble IoU 0.9282 is below the best single model (3fm, 0.9284) and +0.0028 from the members' "
+        "mean (0.9254); the member with the best "
         "validation IoU, the 1fm (0.9416), scores 0.9243 here")
     test["ensemble"] = 0.9284  # a tie counts as at least as good; without validation scores the pick is left out
     assert ensemble_verdict("pretrained", test, {"1fm": None, "3fm": None, "5fm": None}) == (
-        "pretrained: ensemble IoU 0.9284 is at least as good as the best single model (3fm, 0.9284)")
+        "pretrained: ensemble IoU 0.9284 is at least as good as the best single model (3fm, 0.9284) and +0.0030 "
+        "from the members' mean (0.9254)")

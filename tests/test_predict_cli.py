@@ -101,7 +101,9 @@ def test_cli_predict_combines_saved_predictions_like_the_models(run_folder, em_s
                                   np.asarray(open_volume(tmp_path / "direct" / "labels.zarr")[...]))
     rec = json.loads((saved / "predict.json").read_text())
     assert [p["prediction"] for p in rec["predictions"]] == [str(m.resolve()) for m in members]
-    assert [m["frames"] for m in rec["models"]] == [1, 3, 5]
+    assert [m["frames"] for m in rec["models"]] == [1, 3, 5] and not rec["resumed"]
+    assert main(["predict", f"predictions=[{','.join(map(str, members))}]", f"output={saved}", *common]) == 0
+    assert json.loads((saved / "predict.json").read_text())["resumed"]          # same members: nothing to redo
 
     vote = tmp_path / "vote"
     assert main(["predict", f"predictions=[{','.join(map(str, members))}]", f"output={vote}", "ensemble=vote",

@@ -105,7 +105,7 @@ def metric_value(metrics: dict, name: str) -> float | None:
 
 
 def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, float | None]) -> str:
-    """One sentence comparing the ensemble's test IoU with its members'.
+    """One sentence comparing the ensemble's test IoU with its best member's and their mean.
 
     Parameters
     ----------
@@ -121,7 +121,9 @@ def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, f
     best = max(members, key=lambda m: test_iou[m])
     ens = test_iou["ensemble"]
     verdict = "at least as good as" if ens >= test_iou[best] - 1e-9 else "below"
-    text = f"{init}: ensemble IoU {ens:.4f} is {verdict} the best single model ({best}, {test_iou[best]:.4f})"
+    mean = sum(test_iou[m] for m in members) / len(members)
+    text = (f"{init}: ensemble IoU {ens:.4f} is {verdict} the best single model ({best}, {test_iou[best]:.4f}) "
+            f"and {ens - mean:+.4f} from the members' mean ({mean:.4f})")
     known = [m for m in members if val_iou.get(m) is not None]
     if known:
         pick = max(known, key=lambda m: val_iou[m])

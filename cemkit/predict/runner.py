@@ -331,8 +331,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     record = {
         "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
                   "voxel_size": list(vs) if vs else None},
-        "models": record_models, "predictions": members, "settings": asdict(s), "device": str(device), "world": info.world,
-        "channels": channels, "resumed": log.resumed,
+        "models": record_models, "predictions": members, "settings": asdict(s), "device": str(device),
+        "world": info.world, "channels": channels, "resumed": log.resumed,
         "timings": {"predict_s": round(predict_s, 3),
                     "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
                     if predict_s > 0 and not log.resumed else None,

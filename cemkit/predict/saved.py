@@ -48,13 +48,15 @@ def open_saved_predictions(paths: Sequence[str | Path], shape: Sequence[int]) ->
 
 def saved_record(pred: Prediction) -> dict:
     """What ``predict.json`` says about one member: its path and, for a predict folder, its models."""
-    rec: dict = {"prediction": str(pred.path.resolve()), "probabilities": str(pred.volume.path)}
+    probs = Path(pred.volume.path)
+    rec: dict = {"prediction": str(pred.path.resolve()), "probabilities": str(probs),
+                 "mtime": int(probs.stat().st_mtime)}  # part of the resume signature: a rewritten map restarts
     meta = pred.path / "predict.json"
     if meta.is_file():
         member = json.loads(meta.read_text())
         rec["models"] = member.get("models", [])
         rec["tta"] = member.get("settings", {}).get("tta")
-        rec["mtime"] = int(meta.stat().st_mtime)
+        rec["mtime"] = max(rec["mtime"], int(meta.stat().st_mtime))  # a member run rewrites its predict.json
     return rec
 
 
@@ -69,7 +71,7 @@ class SavedMapCombiner:
                  threshold: float = 0.5):
         self.saved, self.ensemble, self.weights, self.threshold = list(saved), ensemble, weights, threshold
 
-    def predict_slab(self, source, z0: int, z1: int) -> np.ndarray:  # noqa: ARG002 (source: the image, unused)
+    def predict_slab(self, source, z0: int, z1: int) -> np.ndarray:
         ens = RunningEnsemble(len(self.saved), self.ensemble, self.weights, self.threshold, class_axis=1)
         for pred in self.saved:
             ens.add(pred.probabilities(np.asarray(pred.volume[z0:z1]))[:, None])
