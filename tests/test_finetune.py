@@ -405,7 +405,7 @@ def _count_batches(monkeypatch, crash_at: dict[int, int] | None = None) -> dict[
     return seen
 
 
-def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pair, monkeypatch):
+def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pair, monkeypatch, capsys):
     img, lab = synthetic_pair
     args = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
             "trainer.max_steps=12", "val.every=4", "ckpt_path=last"]
@@ -441,6 +441,15 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pai
     wb = torch.load(run / "1fm" / "last.ckpt", weights_only=True)["state_dict"]
     assert wa.keys() == wb.keys()
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    # best.ckpt is the model alone (no optimizer state: a third of the size); it loads, but is no resume point
+    best = straight / "1fm" / "best.ckpt"
+    assert "optimizer_states" not in torch.load(best, weights_only=True)
+    assert best.stat().st_size < 0.6 * (straight / "1fm" / "last.ckpt").stat().st_size
+    model, meta = load_segmenter(best)
+    assert model.frames == 1 and meta["norms"]
+    capsys.readouterr()
+    assert cli([*args[:-1], f"ckpt_path={best}", f"output={tmp_path / 'from_best'}"]) == 2
+    assert "holds the model weights only" in "".join(capsys.readouterr())
 
 
 def test_resume_from_a_corrupt_last_checkpoint_names_the_file(tmp_path, synthetic_pair, capsys):

@@ -240,9 +240,10 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     module = SegmentationModule(model, loss, meta, dict(plain(cfg.optim)), total, hparams=hparams,
                                 overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")
 
+    # best.ckpt is the model (weights, config, norms: a third of the size); last.ckpt is the resume point
     ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou", mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
-                              save_on_train_epoch_end=False)
+                              save_on_train_epoch_end=False, save_weights_only=True)
     # last.ckpt after EVERY validation (save_last=True on the callback above only writes it when the
     # best model improves in pytorch_lightning 2.6, so the final model and the resume point were lost)
     last_cb = ModelCheckpoint(dirpath=str(out_dir), filename="last", monitor=None, save_top_k=1,
@@ -285,7 +286,11 @@ def _check_resumable(path: str, cfg: DictConfig) -> None:
     """A resumed run must keep the settings that define its steps, patches and schedule."""
     from cemkit.finetune.checkpoint import read_checkpoint
 
-    saved = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
+    ckpt = read_checkpoint(path, mmap=True)
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(f"{path}: holds the model weights only (a best.ckpt); a run resumes from its last.ckpt "
+                          "(ckpt_path=last)")
+    saved = ckpt.get("hyper_parameters", {})
     old = OmegaConf.create(saved.get("config") or {})
     diffs = [f"{k}={OmegaConf.select(old, k)} (now {plain(OmegaConf.select(cfg, k))})" for k in RESUME_KEYS
              if OmegaConf.select(old, k) is not None
