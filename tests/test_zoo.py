@@ -47,7 +47,7 @@ class _Server:
             def log_message(self, *args):  # keep pytest output clean
                 pass
 
-            def do_GET(self):
+            def do_GET(self):  # the name http.server calls
                 path = self.path.split("?")[0]
                 rng = self.headers.get("Range")
                 server.requests.append((path, rng))

@@ -41,7 +41,7 @@ CEM500K_CITATION = {
 def _require() -> None:
     """Fail clearly when bioimageio.core is missing or cannot work with the installed pydantic."""
     try:
-        import bioimageio.core
+        import bioimageio.core  # only checked for here: test_model is imported where it runs
         import bioimageio.spec
         import pydantic
         from bioimageio.spec.model import v0_5 as spec

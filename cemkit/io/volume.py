@@ -222,9 +222,8 @@ class Volume:
         stretched linearly between the ``percentiles`` of the data, estimated once from up to
         ``max_slices`` evenly spaced z-slices (see :func:`cemkit.io.intensity.estimate_percentiles`).
         """
-        from cemkit.io.intensity import (
-            Uint8View,  # local: intensity imports this module
-        )
+        # local import: cemkit.io.intensity imports this module
+        from cemkit.io.intensity import Uint8View
 
         if self.dtype == np.uint8:
             return self

@@ -237,7 +237,7 @@ def read_encoder_weights(source: str | os.PathLike | Mapping[str, Any], *, map_l
             raise InputError(f"{path}: encoder weights file not found")
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # any unpickling / zip problem is a bad input file
             raise InputError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({exc})") from exc
         if not isinstance(obj, Mapping):
             raise InputError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")

@@ -10,7 +10,6 @@ each map, then merge them. Binary (foreground probability) maps only.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +18,6 @@ import numpy as np
 from cemkit.errors import InputError
 from cemkit.evaluate.sources import Prediction, infer_kind, open_prediction
 from cemkit.predict.ensemble import RunningEnsemble
-
-logger = logging.getLogger(__name__)
 
 
 def open_saved_predictions(paths: Sequence[str | Path], shape: Sequence[int]) -> list[Prediction]:
