@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from cemkit.cli.main import main
+from cemkit.demo.branches import worker_plan
 from cemkit.demo.pipeline import INITS, MODELS
 from cemkit.demo.report import (
     curation_rows,
@@ -16,13 +18,15 @@ from cemkit.demo.report import (
     metric_value,
     read_metric_log,
 )
+from cemkit.errors import ConfigError
 from cemkit.io import open_volume
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "+experiment=tiny_demo", f"output={out}"]) == 0
+    # the two encoder inits side by side in two 1-thread processes (what `jobs: auto` picks on 2 cores)
+    assert main(["demo", "+experiment=tiny_demo", f"output={out}", "jobs=2", "threads=1"]) == 0
     return out
 
 
@@ -65,6 +69,38 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert [r[0] for r in rows] == [*meta["counts"], "total"]
     assert rows[-1][2:5] == [str(meta["totals"][k]) for k in ("patches", "exemplars", "kept")]
     assert all(f"<td>{r[0]}</td>" in report for r in rows[:-1]) and "{" not in report.split("Curation")[1].split("<h2>")[0]
+
+
+def test_branches_one_after_the_other_give_the_same_result_as_side_by_side(demo_run, tmp_path):
+    # same data, pretraining and thread count, in this process instead of two workers: identical metrics
+    out = tmp_path / "demo"
+    (out / ".done").mkdir(parents=True)
+    for step in ("curate", "pretrain"):  # reuse the fixture's curated corpus and encoder
+        (out / ".done" / step).write_text("0")
+    for name in ("data", "corpus", "pretrain"):
+        shutil.copytree(demo_run / name, out / name)
+    assert main(["demo", "+experiment=tiny_demo", f"output={out}", "jobs=1", "threads=1"]) == 0
+    ours = json.loads((out / "demo.json").read_text())
+    theirs = json.loads((demo_run / "demo.json").read_text())
+    scores = [{init: {m: (r["metrics"][init][m]["pixel"], r["metrics"][init][m]["objects"]) for m in MODELS}
+               for init in INITS} for r in (ours, theirs)]
+    assert scores[0] == scores[1]
+    # the side-by-side run logged each branch to its own file
+    for init in INITS:
+        assert "demo step: cemkit finetune" in (demo_run / "logs" / f"{init}.log").read_text()
+
+
+def test_worker_plan_divides_the_cores_among_the_branches():
+    assert worker_plan("auto", "auto", 2, cores=2) == (2, 1)
+    assert worker_plan("auto", "auto", 2, cores=16) == (2, 8)
+    assert worker_plan("auto", "auto", 2, cores=3) == (2, 1)
+    assert worker_plan("auto", "auto", 2, cores=1) == (1, None)  # one core: sequential, torch's default threads
+    assert worker_plan(1, "auto", 2, cores=16) == (1, None)
+    assert worker_plan(1, 4, 2, cores=16) == (1, 4)
+    assert worker_plan(5, "auto", 2, cores=16) == (2, 8)  # never more jobs than branches
+    for jobs, threads in ((0, "auto"), ("two", "auto"), (2, 0), (2, "many")):
+        with pytest.raises(ConfigError, match="jobs|threads"):
+            worker_plan(jobs, threads, 2, cores=4)
 
 
 def test_curation_rows_of_a_corpus_metadata():

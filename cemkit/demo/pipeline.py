@@ -39,11 +39,11 @@ class DemoResult:
 class _Steps:
     """Runs each step once: a finished step leaves a marker and is skipped by a resumed demo."""
 
-    def __init__(self, output: Path, resume: bool, result: DemoResult):
+    def __init__(self, output: Path, resume: bool, runs: list[StageRun]):
         self.marks = output / ".done"
         self.marks.mkdir(parents=True, exist_ok=True)
         self.resume = resume
-        self.result = result
+        self.runs = runs
 
     def stage(self, key: str, name: str, overrides: list[str]) -> StageRun:
         mark = self.marks / key
@@ -53,7 +53,7 @@ class _Steps:
         else:
             record = run_stage(name, overrides)
             mark.write_text(f"{record.seconds:.3f}")
-        self.result.runs.append(record)
+        self.runs.append(record)
         return record
 
 
@@ -88,11 +88,18 @@ def make_data(cfg: DictConfig, out: Path) -> dict[str, Path]:
 
 
 def run_demo(cfg: DictConfig) -> DemoResult:
-    """Run every step of the demo into ``cfg.output`` and return what the report shows."""
+    """Run every step of the demo into ``cfg.output`` and return what the report shows.
+
+    After pretraining, each encoder init (pretrained, random) is a *branch*: finetune its 1fm/3fm/5fm
+    models, predict the test volume with each and with their ensemble, evaluate. The branches are
+    independent; with ``jobs: 2`` they run side by side in two processes (:mod:`cemkit.demo.branches`).
+    """
+    from cemkit.demo.branches import BranchSpec, run_branches, worker_plan
+
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
-    steps = _Steps(out, bool(cfg.resume), result)
+    steps = _Steps(out, bool(cfg.resume), result.runs)
     lists = {k: [str(o) for o in OmegaConf.to_container(cfg[k])] for k in ("curate", "pretrain", "finetune", "predict", "evaluate")}
 
     paths = make_data(cfg, out)
@@ -104,34 +111,48 @@ def run_demo(cfg: DictConfig) -> DemoResult:
                                          "ckpt_path=auto", *lists["pretrain"]])
     encoder = pretrain / "encoder.pth"
 
-    for init in INITS:
-        init_value = str(encoder) if init == "pretrained" else "none"
-        steps.stage(f"finetune_{init}", "finetune", [
-            f"data.images={paths['train_image']}", f"data.labels={paths['train_labels']}", "model.frames=all",
-            f"model.init={init_value}", f"output={out / ('finetune_' + init)}", f"seed={cfg.seed}", *lists["finetune"]])
-
-    for init in INITS:
-        run_dir = out / f"finetune_{init}"
-        result.metrics[init] = {}
-        for model in MODELS:
-            pred = out / "predict" / f"{init}_{model}"
-            if model == "ensemble":  # the members' saved maps, combined (no model runs twice)
-                members = ",".join(str(out / "predict" / f"{init}_{m}") for m in MODELS if m != "ensemble")
-                source = [f"predictions=[{members}]"]
-            else:
-                source = [f"checkpoint={run_dir / model / 'best.ckpt'}", f"tta={cfg.tta}"]
-            steps.stage(f"predict_{init}_{model}", "predict", [
-                *source, f"input={paths['test_image']}", f"output={pred}", *lists["predict"]])
-            ev = out / "evaluate" / f"{init}_{model}"
-            steps.stage(f"evaluate_{init}_{model}", "evaluate", [
-                f"prediction={pred}", f"labels={paths['test_labels']}", f"output={ev}", *lists["evaluate"]])
-            result.metrics[init][model] = json.loads((ev / "metrics.json").read_text())
+    specs = [BranchSpec(init, str(encoder) if init == "pretrained" else "none", out, paths, lists,
+                        seed=int(cfg.seed), tta=int(cfg.tta), resume=bool(cfg.resume)) for init in INITS]
+    jobs, threads = worker_plan(cfg.get("jobs", "auto"), cfg.get("threads", "auto"), len(specs))
+    for init, (runs, metrics) in zip(INITS, run_branches(specs, jobs, threads)):
+        result.runs.extend(runs)
+        result.metrics[init] = metrics
 
     summary = out / "demo.json"
     tmp = summary.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result.to_json(), indent=2, default=_json_default))
     os.replace(tmp, summary)
     return result
+
+
+def run_branch(spec) -> tuple[list[StageRun], dict[str, dict]]:
+    """One encoder init: finetune 1fm/3fm/5fm, predict the test volume with each and the ensemble, evaluate.
+
+    Returns the stage runs and ``{model: metrics.json}``.
+    """
+    out, paths, lists, init = spec.output, spec.paths, spec.lists, spec.init
+    runs: list[StageRun] = []
+    steps = _Steps(out, spec.resume, runs)
+    run_dir = out / f"finetune_{init}"
+    steps.stage(f"finetune_{init}", "finetune", [
+        f"data.images={paths['train_image']}", f"data.labels={paths['train_labels']}", "model.frames=all",
+        f"model.init={spec.init_value}", f"output={run_dir}", f"seed={spec.seed}", *lists["finetune"]])
+
+    metrics: dict[str, dict] = {}
+    for model in MODELS:
+        pred = out / "predict" / f"{init}_{model}"
+        if model == "ensemble":  # the members' saved maps, combined (no model runs twice)
+            members = ",".join(str(out / "predict" / f"{init}_{m}") for m in MODELS if m != "ensemble")
+            source = [f"predictions=[{members}]"]
+        else:
+            source = [f"checkpoint={run_dir / model / 'best.ckpt'}", f"tta={spec.tta}"]
+        steps.stage(f"predict_{init}_{model}", "predict", [
+            *source, f"input={paths['test_image']}", f"output={pred}", *lists["predict"]])
+        ev = out / "evaluate" / f"{init}_{model}"
+        steps.stage(f"evaluate_{init}_{model}", "evaluate", [
+            f"prediction={pred}", f"labels={paths['test_labels']}", f"output={ev}", *lists["evaluate"]])
+        metrics[model] = json.loads((ev / "metrics.json").read_text())
+    return runs, metrics
 
 
 def _json_default(obj):
