@@ -8,11 +8,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.demo.stages import StageRun, run_stage
+
+if TYPE_CHECKING:
+    from cemkit.demo.branches import BranchSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ def run_demo(cfg: DictConfig) -> DemoResult:
     return result
 
 
-def run_branch(spec) -> tuple[list[StageRun], dict[str, dict]]:
+def run_branch(spec: BranchSpec) -> tuple[list[StageRun], dict[str, dict]]:
     """One encoder init: finetune 1fm/3fm/5fm, predict the test volume with each and the ensemble, evaluate.
 
     Returns the stage runs and ``{model: metrics.json}``.
