@@ -30,9 +30,6 @@ def run(cfg: DictConfig) -> None:
     settings = settings_from_cfg(cfg)
     checkpoint, predictions = (OmegaConf.to_container(v) if OmegaConf.is_list(v) else v
                                for v in (cfg.checkpoint, cfg.get("predictions")))
-    if (checkpoint is None) == (predictions is None):
-        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
-                          "maps to combine), exactly one of them")
     record = run_prediction(cfg.input, cfg.output, checkpoint, settings=settings, input_key=cfg.input_key,
                             predictions=predictions)
     if record.get("outputs"):

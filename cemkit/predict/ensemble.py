@@ -46,12 +46,12 @@ def model_votes(prob: np.ndarray, threshold: float = 0.5, class_axis: int = 0) -
 
 def combine(probs: Sequence[np.ndarray], method: str = "mean", weights: Sequence[float] | None = None,
             threshold: float = 0.5, class_axis: int = 0) -> np.ndarray:
-    """Combine per-model probability maps ``(C, ...)`` into one ``(C, ...)`` float32 map.
+    """Combine per-model probability maps of one shape (classes on ``class_axis``) into one float32 map.
 
     Parameters
     ----------
     probs : sequence of np.ndarray
-        One map per model, all the same shape, class axis first.
+        One map per model, all the same shape, classes on ``class_axis``.
     method : {"mean", "weighted", "vote"}
         ``mean``: arithmetic mean (CDeep3M's ensemble). ``weighted``: mean with ``weights``.
         ``vote``: fraction of models voting for each class (see :func:`model_votes`), so that a

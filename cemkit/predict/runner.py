@@ -211,10 +211,10 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     if s.output_format == "png" and s.prob_dtype != "uint8":
         logger.info("output_format=png: probabilities are written as uint8 (x255)")
         s.prob_dtype = "uint8"
+    if (predictions is None) == (checkpoint is None and models is None):
+        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
+                          "maps to combine), exactly one of them")
     if predictions is not None:
-        if checkpoint is not None or models is not None:
-            raise ConfigError("predict: give checkpoint=... (run models) or predictions=[...] (combine saved maps), "
-                              "not both")
         if s.orthoplane:
             raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
                               "not predictions=[...]")
