@@ -90,7 +90,9 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.warmup, args.repeats = 3, 1, 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from cemkit.demo.branches import available_cores
+
+    cores = available_cores()
     if cores < 2:
         raise SystemExit("needs at least 2 cores")
     half = cores // 2

@@ -3,9 +3,10 @@
 A branch finetunes its 1fm/3fm/5fm models and predicts and evaluates the test volume with them
 (:func:`cemkit.demo.pipeline.run_branch`). The two branches share nothing but their inputs, so on a
 machine with two or more cores they run in two processes. On a CPU this is faster than one process
-using every core: a finetuning step of the demo's models (resnet18, batch 8, 128 px) takes 0.46 s with
-2 threads and 0.52 s with 1, so two 1-thread processes do 1.8x the steps of one 2-thread process
-(``scripts/bench_demo_threads.py``).
+using every core, because a finetuning step of the demo's models (resnet18, batch 8, 128 px) gains little
+from a second thread: on 2 cores, two 1-thread processes did 1.26x the steps of one 2-thread process
+(``scripts/bench_demo_threads.py``, medians of 3 alternating repeats; 1.1x in a 3-step smoke run), and
+the demo's two finetunes took 232 s side by side against 290 s one after the other.
 """
 
 from __future__ import annotations
