@@ -62,6 +62,9 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     for section in ("Synthetic data", "Curation", "Pretraining", "Finetuning", "Predictions", "Metrics", "Commands"):
         assert section in report
     assert report.count("<tr class=\"ens\">") == len(INITS)  # one ensemble row per encoder init
+    # each init's verdict gives the bootstrap interval of ensemble - best member over the test volume's slices
+    n_slices = json.loads((out / "evaluate" / "random_ensemble" / "metrics.json").read_text())["shape"][0]
+    assert report.count(f"interval over the {n_slices} test slices") == len(INITS)
     assert report.count("data:image/png;base64,") >= 4  # montage, curves, overlays are embedded
     # the curation table has one row per curated source plus the total, with the corpus' own counts
     meta = json.loads((out / "corpus" / "metadata.json").read_text())
@@ -133,3 +136,15 @@ def test_ensemble_verdict_names_the_best_member_and_the_one_validation_would_pic
     assert ensemble_verdict("pretrained", test, {"1fm": None, "3fm": None, "5fm": None}) == (
         "pretrained: ensemble IoU 0.9284 is at least as good as the best single model (3fm, 0.9284) and +0.0030 "
         "from the members' mean (0.9254)")
+    # with per-slice counts: the paired-bootstrap interval of ensemble - best member over the test slices
+    # (two slices: the resamples' extremes are exactly 0 and 0.25, see tests/test_metrics_bootstrap.py)
+    slices = {"ensemble": {"tp": [1, 3], "fp": [1, 1], "fn": [0, 0]}, "3fm": {"tp": [1, 3], "fp": [3, 1], "fn": [0, 0]}}
+    test = {"1fm": 0.5, "3fm": 0.45, "5fm": 0.4, "ensemble": 4 / 6}  # the IoUs of those counts: 4/8 and 4/6
+    assert ensemble_verdict("random", test, {}, slices) == (
+        "random: ensemble IoU 0.6667 is at least as good as the best single model (1fm, 0.5000) and +0.2167 from "
+        "the members' mean (0.4500)")  # the best member's counts are missing: no interval
+    slices["1fm"] = slices.pop("3fm")
+    assert ensemble_verdict("random", test, {}, slices) == (
+        "random: ensemble IoU 0.6667 is at least as good as the best single model (1fm, 0.5000) (difference +0.1667, "
+        "95% interval over the 2 test slices [+0.0000, +0.2500]: the test volume cannot tell them apart) and "
+        "+0.2167 from the members' mean (0.4500)")

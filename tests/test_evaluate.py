@@ -93,6 +93,9 @@ def test_predict_folder_with_sweep_matches_numpy(tmp_path, small_labels, gt_stac
     assert {k: result["pixel"][k] for k in ("tp", "fp", "fn")} == {k: exp[k] for k in ("tp", "fp", "fn")}
     assert result["pixel"]["iou"] == pytest.approx(exp["iou"], rel=1e-12)
     assert result["per_image"]["iou"] == pytest.approx(numpy_per_slice_iou(p > 0.5, gt), rel=1e-12)
+    m = p > 0.5  # per-slice counts at the main threshold, for paired comparisons of two models
+    assert result["per_slice"] == {"tp": (m & gt).sum(axis=(1, 2)).tolist(), "fp": (m & ~gt).sum(axis=(1, 2)).tolist(),
+                                   "fn": (~m & gt).sum(axis=(1, 2)).tolist()}
     assert result["prediction_kind"] == "probabilities" and result["shape"] == [4, 1024, 1024]
     # at 0.3 the FP band is in and nothing is missed; at 0.7 the band is out but the top rows are missed
     assert result["sweep"][0]["recall"] == 1.0 and result["sweep"][2]["precision"] == 1.0
@@ -143,6 +146,8 @@ def test_binary_mask_folder_with_known_false_positives(tmp_path, small_labels, g
     exp = numpy_scores(mask, gt)
     assert (result["pixel"]["tp"], result["pixel"]["fp"], result["pixel"]["fn"]) == (exp["tp"], exp["fp"], exp["fn"])
     assert result["pixel"]["iou"] == pytest.approx(exp["iou"], rel=1e-12)
+    assert result["per_slice"]["fp"] == (mask & ~gt).sum(axis=(1, 2)).tolist()
+    assert sum(result["per_slice"]["tp"]) == exp["tp"] and sum(result["per_slice"]["fn"]) == exp["fn"]
     assert "sweep" not in result and "rand" not in result   # a mask has no threshold to sweep
 
 

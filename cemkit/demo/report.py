@@ -100,11 +100,12 @@ def metric_value(metrics: dict, name: str) -> float | None:
         for n in names:
             if isinstance(node.get(n), (int, float)):
                 return float(node[n])
-        stack.extend(v for k, v in node.items() if isinstance(v, dict) and k not in ("sweep", "per_image"))
+        stack.extend(v for k, v in node.items() if isinstance(v, dict) and k not in ("sweep", "per_image", "per_slice"))
     return None
 
 
-def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, float | None]) -> str:
+def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, float | None],
+                     per_slice: dict[str, dict] | None = None) -> str:
     """One sentence comparing the ensemble's test IoU with its best member's and their mean.
 
     Parameters
@@ -116,14 +117,27 @@ def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, f
     val_iou
         Best validation IoU of each member during finetuning (``None`` where unknown). The member
         with the highest one is the model a user would pick without test labels.
+    per_slice
+        ``{model: metrics.json["per_slice"]}`` (per-slice tp/fp/fn). With the ensemble's and the best
+        member's, the sentence gives the 95 % paired-bootstrap interval of their difference over the
+        test slices (:func:`cemkit.metrics.iou_difference_interval`): whether the test volume can tell
+        the two apart.
     """
     members = [m for m in MODELS[:-1] if m in test_iou]
     best = max(members, key=lambda m: test_iou[m])
     ens = test_iou["ensemble"]
     verdict = "at least as good as" if ens >= test_iou[best] - 1e-9 else "below"
     mean = sum(test_iou[m] for m in members) / len(members)
-    text = (f"{init}: ensemble IoU {ens:.4f} is {verdict} the best single model ({best}, {test_iou[best]:.4f}) "
-            f"and {ens - mean:+.4f} from the members' mean ({mean:.4f})")
+    text = f"{init}: ensemble IoU {ens:.4f} is {verdict} the best single model ({best}, {test_iou[best]:.4f})"
+    counts = {m: (per_slice or {}).get(m) for m in ("ensemble", best)}
+    if all(counts.values()):
+        from cemkit.metrics import iou_difference_interval
+
+        a, b = (np.column_stack([c["tp"], c["fp"], c["fn"]]) for c in counts.values())
+        r = iou_difference_interval(a, b)
+        text += (f" (difference {ens - test_iou[best]:+.4f}, {r.level:.0%} interval over the {len(a)} test slices "
+                 f"[{r.low:+.4f}, {r.high:+.4f}]{': the test volume cannot tell them apart' if r.low <= 0 <= r.high else ''})")
+    text += f" and {ens - mean:+.4f} from the members' mean ({mean:.4f})"
     known = [m for m in members if val_iou.get(m) is not None]
     if known:
         pick = max(known, key=lambda m: val_iou[m])
@@ -148,8 +162,9 @@ def _metric_table(result: DemoResult) -> str:
             rows.append(f"<tr{style}><td>{init}</td><td>{model}</td>{cells}</tr>")
         test = {m: metric_value(result.metrics[init][m], "iou") or 0.0 for m in MODELS}
         val = {m: _best_val_iou(result.output / f"finetune_{init}", m) for m in MODELS[:-1]}
+        slices = {m: result.metrics[init][m].get("per_slice") for m in MODELS}
         rows.append(f'<tr><td colspan="{len(TABLE_METRICS) + 2}" class="note">'
-                    f"{html.escape(ensemble_verdict(init, test, val))}</td></tr>")
+                    f"{html.escape(ensemble_verdict(init, test, val, slices))}</td></tr>")
     return f"<table><tr><th>encoder init</th><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 

@@ -170,6 +170,10 @@ def _evaluate_binary(prediction: Prediction, labels: Volume, settings: Settings)
     result["pixel"] = binary_metrics_from_counts(counts(main))
     if settings.per_image:
         result["per_image"] = per_image(main)
+    # per-slice counts at the main threshold: what a paired bootstrap of two models needs
+    # (cemkit.metrics.iou_difference_interval)
+    result["per_slice"] = {"tp": tp[main].tolist(), "fp": (npred[main] - tp[main]).tolist(),
+                           "fn": (ntrue - tp[main]).tolist()}
     if len(thresholds) > 1:
         rows = []
         for t in thresholds:

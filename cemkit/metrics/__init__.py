@@ -6,10 +6,13 @@
 - :mod:`cemkit.metrics.rand`: foreground-restricted V_rand / V_info of the ISBI 2012 challenge,
   with optional border thinning and connected-component labelling of binary masks.
 - :mod:`cemkit.metrics.objects`: one-to-one instance matching and object precision/recall/F1.
+- :mod:`cemkit.metrics.bootstrap`: a paired bootstrap over slices for the difference in IoU of two
+  predictions of one volume.
 
 Everything is importable from ``cemkit.metrics`` directly.
 """
 
+from cemkit.metrics.bootstrap import IoUDifference, iou_difference_interval, pooled_iou
 from cemkit.metrics.objects import InstanceMatches, match_instances, object_scores
 from cemkit.metrics.pixel import (
     BinaryCounts,
@@ -39,6 +42,7 @@ from cemkit.metrics.rand import (
 __all__ = [
     "BinaryCounts",
     "InstanceMatches",
+    "IoUDifference",
     "accuracy",
     "binary_counts",
     "binary_metrics",
@@ -49,12 +53,14 @@ __all__ = [
     "f1",
     "foreground_iou",
     "info_scores",
+    "iou_difference_interval",
     "iou_per_class",
     "label_components",
     "match_instances",
     "mean_iou",
     "object_scores",
     "per_image",
+    "pooled_iou",
     "precision",
     "rand_scores",
     "recall",

@@ -1,0 +1,59 @@
+"""Paired bootstrap of an IoU difference over slices: exact values on cases small enough to enumerate."""
+
+import numpy as np
+import pytest
+
+from cemkit.metrics import iou_difference_interval, pooled_iou
+
+
+def test_pooled_iou_sums_the_counts_of_all_slices():
+    assert pooled_iou([[1, 1, 0], [3, 1, 0]]) == 4 / 6
+    assert pooled_iou([[0, 0, 0], [0, 0, 0]]) == 1.0  # nothing to find and nothing found
+
+
+def test_two_slices_give_the_enumerable_bootstrap_extremes():
+    # a: slice IoUs 1/2 and 3/4; b: 1/4 and 3/4. Resamples (0,0): +1/4; (1,1): 0; mixed: 4/6 - 4/8 = 1/6.
+    # Each extreme has probability 1/4 > 2.5 %, so the 95 % interval is exactly [0, 1/4].
+    r = iou_difference_interval([[1, 1, 0], [3, 1, 0]], [[1, 3, 0], [3, 1, 0]])
+    assert r.difference == pytest.approx(4 / 6 - 4 / 8, abs=1e-15)
+    assert (r.low, r.high, r.level, r.resamples) == (0.0, 0.25, 0.95, 10000)
+
+
+def test_identical_predictions_differ_by_exactly_zero():
+    counts = np.array([[120, 7, 9], [0, 0, 0], [55, 30, 2]])
+    r = iou_difference_interval(counts, counts)
+    assert (r.difference, r.low, r.high) == (0.0, 0.0, 0.0)
+
+
+def test_empty_slices_count_as_agreement_in_a_resample():
+    # slice 0 is empty for both (IoU 1); slice 1 is perfect for a and missed by b. A resample of slice 0
+    # only (probability 1/4) gives 0; one that holds slice 1 gives 1.
+    r = iou_difference_interval([[0, 0, 0], [5, 0, 0]], [[0, 0, 0], [0, 0, 5]])
+    assert (r.difference, r.low, r.high) == (1.0, 0.0, 1.0)
+
+
+def test_a_model_better_on_every_slice_has_an_interval_above_zero_and_the_mirror_below():
+    rng = np.random.default_rng(3)
+    tp = rng.integers(500, 1000, 32)
+    fp, fn = rng.integers(50, 100, 32), rng.integers(50, 100, 32)
+    better = np.column_stack([tp, fp // 2, fn])   # same slices, half the false positives
+    worse = np.column_stack([tp, fp, fn])
+    up = iou_difference_interval(better, worse)
+    down = iou_difference_interval(worse, better)
+    assert 0 < up.low < up.difference < up.high
+    assert (down.difference, down.low, down.high) == pytest.approx((-up.difference, -up.high, -up.low), abs=1e-12)
+    assert iou_difference_interval(better, worse, seed=1) != up  # the seed picks the resamples
+    assert iou_difference_interval(better, worse) == up         # ...and nothing else does
+    wide = iou_difference_interval(better, worse, level=0.99)
+    assert wide.low <= up.low and wide.high >= up.high
+
+
+@pytest.mark.parametrize("a, b, level, match", [
+    ([[1, 0, 0]], [[1, 0, 0], [1, 0, 0]], 0.95, "same slices"),
+    ([[1, 0]], [[1, 0]], 0.95, r"shape \(n_slices, 3\)"),
+    ([[1, -1, 0]], [[1, 0, 0]], 0.95, "negative"),
+    ([[1, 0, 0]], [[1, 0, 0]], 1.0, "level"),
+])
+def test_bad_input_is_refused_with_a_message(a, b, level, match):
+    with pytest.raises(ValueError, match=match):
+        iou_difference_interval(a, b, level=level)
