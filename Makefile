@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_pretrain.py
 	$(PY) scripts/bench_predict.py
 	$(PY) scripts/bench_demo_threads.py
+	$(PY) scripts/bench_watershed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs .pytest_cache

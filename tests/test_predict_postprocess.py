@@ -10,6 +10,7 @@ from cemkit.predict.postprocess import (
     TABLE_COLUMNS,
     label_components,
     object_table,
+    split_objects,
     split_touching,
     threshold_mask,
     write_table_csv,
@@ -63,6 +64,66 @@ def test_watershed_splits_two_touching_spheres():
     assert ((labels > 0) == (mask > 0)).all()
     sizes = np.bincount(labels.ravel())[1:]
     assert abs(int(sizes[0]) - int(sizes[1])) <= 0.02 * sizes.sum()
+
+
+def _same_partition(a, b):
+    """True when the non-zero voxels of ``a`` and ``b`` coincide and their labels map one-to-one."""
+    fa, fb = a.ravel(), b.ravel()
+    if not ((fa > 0) == (fb > 0)).all():
+        return False
+    pairs = np.unique(np.stack([fa, fb], 1)[fa > 0], axis=0)
+    return len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+
+
+@pytest.mark.parametrize("connectivity", [1, 3])
+def test_split_objects_one_box_at_a_time_equals_the_whole_volume_watershed(connectivity):
+    # three pairs of touching spheres and one lone sphere, all far apart: components 1..4, 7 objects
+    mask = _spheres((20, 40, 150), [(10, 20, 12), (10, 20, 26)], 7)
+    mask |= _spheres((20, 40, 150), [(10, 20, 50), (10, 20, 64), (10, 20, 100)], 7)
+    mask |= _spheres((20, 40, 150), [(10, 14, 128), (10, 27, 128)], 7)
+    labels = np.zeros(mask.shape, np.uint32)
+    n = label_components(mask, labels, slab_size=6, connectivity=connectivity)
+    assert n == 4
+    components = labels.copy()
+    m = split_objects(labels, object_table(labels, count=n), h=2.0, connectivity=connectivity, slab_size=6)
+    whole = split_touching(mask, h=2.0, connectivity=connectivity)
+    assert m == int(whole.max()) == 7 and labels.max() == 7
+    assert _same_partition(labels, whole)
+    # numbered component by component: the pieces of component 1 first, then those of component 2, ...
+    pieces = [sorted(np.unique(labels[components == c]).tolist()) for c in range(1, 5)]
+    assert sorted(len(p) for p in pieces) == [1, 2, 2, 2] and [i for p in pieces for i in p] == list(range(1, 8))
+    assert labels[10, 20, 12] != labels[10, 20, 26] and labels[10, 14, 128] != labels[10, 27, 128]
+
+
+def test_split_objects_works_on_zarr_and_drops_small_pieces(tmp_path):
+    from cemkit.io import create_zarr
+
+    mask = _spheres((20, 40, 60), [(10, 20, 18), (10, 20, 33)], 8)
+    mask[2, 2, 2] = 1                                      # a 1-voxel object
+    labels = create_zarr(tmp_path / "labels.zarr", mask.shape, "uint32", (5, 40, 60))
+    n = label_components(mask, labels, slab_size=5)
+    assert n == 2
+    m = split_objects(labels, object_table(labels, count=n), h=2.0, min_size=10, slab_size=5)
+    out = np.asarray(labels[:])
+    assert m == 2 and sorted(np.unique(out).tolist()) == [0, 1, 2]
+    assert out[2, 2, 2] == 0 and out[10, 20, 18] != out[10, 20, 33]
+
+
+def test_split_objects_matches_the_whole_volume_watershed_on_random_blobs():
+    # touching blobs of many shapes: the same objects, and all but a few boundary voxels (watershed ties,
+    # distances near diagonally touching neighbours) in the same one
+    rng = np.random.default_rng(1)
+    mask = (ndimage.gaussian_filter(rng.random((24, 64, 64)), 2.5) > 0.51).astype(np.uint8)
+    labels = np.zeros(mask.shape, np.uint32)
+    n = label_components(mask, labels, slab_size=8, connectivity=3)
+    m = split_objects(labels, object_table(labels, count=n), (2, 1, 1), h=1.0, connectivity=3, min_size=5)
+    whole = split_touching(mask, (2, 1, 1), h=1.0, connectivity=3, min_size=5)
+    assert m == int(whole.max()) > 2 * n
+    fg = labels.ravel() > 0
+    assert (fg == (whole.ravel() > 0)).all()
+    overlap = np.zeros((m + 1, m + 1), np.int64)
+    np.add.at(overlap, (labels.ravel()[fg], whole.ravel()[fg]), 1)
+    assert overlap.max(axis=1).sum() >= 0.99 * fg.sum()
 
 
 def test_object_table_columns_and_values(tmp_path):

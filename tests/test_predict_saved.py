@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cemkit.errors import InputError
-from cemkit.io import write_tif_stack, write_zarr
+from cemkit.io import open_volume, write_tif_stack, write_zarr
 from cemkit.predict.saved import SavedMapCombiner, open_saved_predictions, saved_record
 
 
@@ -43,3 +43,26 @@ def test_saved_maps_errors_name_the_path(maps, tmp_path):
         open_saved_predictions([tmp_path / "missing"], (4, 6, 5))
     with pytest.raises(InputError, match="at least one"):
         open_saved_predictions([], (4, 6, 5))
+
+
+@pytest.mark.parametrize("watershed, objects", [(False, 1), (True, 2)])
+def test_saved_map_of_touching_spheres_gives_one_component_or_two_watershed_objects(tmp_path, watershed, objects):
+    import csv
+
+    from cemkit.predict.runner import PredictSettings, run_prediction
+
+    zz, yy, xx = np.indices((16, 32, 48))
+    fg = np.zeros((16, 32, 48), bool)
+    for cx in (16, 30):
+        fg |= (zz - 8) ** 2 + (yy - 16) ** 2 + (xx - cx) ** 2 <= 7 ** 2
+    write_zarr(tmp_path / "prob.zarr", np.where(fg, 0.9, 0.1).astype(np.float32))
+    write_tif_stack(tmp_path / "image.tif", np.zeros(fg.shape, np.uint8))
+    settings = PredictSettings(watershed=watershed, slab_size=4, overlays=0, progress=False)
+    out = tmp_path / "out"
+    record = run_prediction(tmp_path / "image.tif", out, predictions=[tmp_path / "prob.zarr"], settings=settings)
+    with open(out / "objects.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == objects and sum(int(r["voxels"]) for r in rows) == int(fg.sum())
+    labels = np.asarray(open_volume(out / "labels.zarr")[...])
+    assert ((labels > 0) == fg).all() and (labels[8, 16, 16] != labels[8, 16, 30]) == watershed
+    assert record["outputs"]["objects"].endswith("objects.csv")

@@ -4,9 +4,11 @@
 - :func:`label_components`: 3-D connected components of a mask stored on disk, computed slab by slab
   (scipy ``ndimage.label`` per slab, then the labels that touch across slab faces are merged with a
   graph connected-components pass). Memory: one slab plus a few integers per provisional object.
-- :func:`split_touching`: optional watershed splitting of touching objects (distance transform,
-  h-maxima markers, ``skimage.segmentation.watershed``). Works **in memory** on the whole mask:
-  about 30 bytes per voxel (:func:`watershed_bytes`).
+- :func:`split_touching`: watershed splitting of touching objects (distance transform, h-maxima
+  markers, ``skimage.segmentation.watershed``) on a mask in memory: about 30 bytes per voxel
+  (:func:`watershed_bytes`).
+- :func:`split_objects`: :func:`split_touching` applied to each connected component of a labelling
+  on disk, one bounding box at a time, so its memory is that of the largest object, not the volume.
 - :func:`object_table`: id, voxels, centroid, bounding box (and mean probability) of every object,
   accumulated slab by slab, written as CSV.
 """
@@ -172,6 +174,70 @@ def split_touching(mask: np.ndarray, voxel_size: Any = None, h: float = 2.0, con
         small[0] = False
         labels[small[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def split_objects(labels, table: dict[str, np.ndarray], voxel_size: Any = None, h: float = 2.0,
+                  connectivity: int = 1, min_size: int = 0, slab_size: int = 32) -> int:
+    """Split the touching objects of a component labelling in place, each object in its own bounding box.
+
+    Each object of ``labels`` (the connected components written by :func:`label_components`) is cut
+    out with a 1-voxel margin, split by :func:`split_touching` on its own mask and written back. An
+    object's distance transform sees only its own voxels and the background around it, so this is
+    the whole-volume watershed done per component (identical wherever components do not touch
+    diagonally and the flooding has no ties), with memory for one object instead of the volume.
+    Objects are visited in order of their first plane, and the planes they span are read and written
+    in bands of about ``slab_size`` planes (an object deeper than that gets a band of its own), so a
+    chunked array on disk is read and written about once.
+
+    Parameters
+    ----------
+    labels : array-like
+        Writable ``(Z, Y, X)`` integer labels ``1..n`` (zarr or numpy), changed in place.
+    table : dict
+        :func:`object_table` of ``labels`` (``id`` and the ``bbox_*`` columns are used).
+    voxel_size, h, connectivity, min_size
+        As in :func:`split_touching`; pieces smaller than ``min_size`` voxels are removed.
+    slab_size : int
+        Planes per band (and per slab of the final renumbering pass).
+
+    Returns
+    -------
+    int
+        Number of objects afterwards, labelled ``1..m``: the pieces of the object that starts first
+        (for :func:`label_components` output: object 1) come first, in :func:`split_touching`'s order.
+    """
+    ids = np.asarray(table["id"], np.int64)
+    n_old = int(ids.max(initial=0))
+    if n_old >= np.iinfo(np.uint32).max // 2:
+        raise ValueError(f"{n_old} objects are too many to split in a uint32 labelling")
+    shape = tuple(int(d) for d in labels.shape)
+    lo = np.stack([np.asarray(table[f"bbox_{a}0"], np.int64) for a in "zyx"], axis=1)
+    hi = np.stack([np.asarray(table[f"bbox_{a}1"], np.int64) for a in "zyx"], axis=1)
+    order = np.argsort(lo[:, 0], kind="stable")
+    next_id = n_old  # pieces are numbered above every original id until the renumbering pass
+    i = 0
+    while i < len(order):
+        first, end = lo[order[i], 0], hi[order[i], 0]
+        j = i + 1
+        while j < len(order) and max(end, hi[order[j], 0]) - first <= max(slab_size, end - first):
+            end = max(end, hi[order[j], 0])
+            j += 1
+        bz0, bz1 = max(int(first) - 1, 0), min(int(end) + 1, shape[0])
+        band = np.asarray(labels[bz0:bz1])
+        for k in order[i:j]:
+            window = (slice(max(int(lo[k, 0]) - 1, 0) - bz0, min(int(hi[k, 0]) + 1, shape[0]) - bz0),
+                      *(slice(max(int(lo[k, a]) - 1, 0), min(int(hi[k, a]) + 1, shape[a])) for a in (1, 2)))
+            crop = band[window]  # a view: the pieces are written into the band
+            obj = crop == ids[k]
+            pieces = split_touching(obj, voxel_size, h=h, connectivity=connectivity, min_size=min_size)[obj]
+            crop[obj] = np.where(pieces > 0, pieces.astype(np.int64) + next_id, 0).astype(crop.dtype)
+            next_id += int(pieces.max(initial=0))
+        labels[bz0:bz1] = band
+        i = j
+    for z0, z1 in slab_ranges(shape[0], slab_size):
+        lab = np.asarray(labels[z0:z1])
+        labels[z0:z1] = np.where(lab > n_old, lab - n_old, 0).astype(lab.dtype)
+    return next_id - n_old
 
 
 def object_table(labels, slab_size: int = 32, probabilities=None, prob_scale: float = 1.0,

@@ -38,7 +38,7 @@ from cemkit.predict.orthoplane import VIEWS, AxisView, average_views
 from cemkit.predict.postprocess import (
     label_components,
     object_table,
-    split_touching,
+    split_objects,
     threshold_mask,
     watershed_bytes,
     write_table_csv,
@@ -140,6 +140,22 @@ def output_channels(models: Sequence[Segmenter], device: torch.device) -> int:
 def _chunks(shape: tuple[int, ...], slab: int, channels: bool) -> tuple[int, ...]:
     core = (slab, min(512, shape[-2]), min(512, shape[-1]))
     return ((1,) if channels else ()) + core
+
+
+def _check_watershed_memory(components: dict[str, np.ndarray]) -> None:
+    """Refuse ``watershed=true`` when the largest object's bounding box would not fit in free memory."""
+    if not len(components["id"]):
+        return
+    boxes = np.prod([components[f"bbox_{a}1"] - components[f"bbox_{a}0"] + 2 for a in "zyx"], axis=0)
+    largest = int(np.argmax(boxes))
+    need = watershed_bytes((int(boxes[largest]),))
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    if need > 0.8 * avail:
+        raise ConfigError(f"watershed=true splits one object at a time, but object {int(components['id'][largest])} "
+                          f"spans {int(boxes[largest])} voxels and needs about {need / 2**30:.1f} GiB, "
+                          f"{avail / 2**30:.1f} GiB are free; use watershed=false (connected components only)")
 
 
 def _write_prob(store, z0: int, z1: int, chw: np.ndarray, dtype: str) -> None:
@@ -348,23 +364,13 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         arrays["labels"] = create_zarr(work / "labels.zarr", (depth, height, width), "uint32",
                                        _chunks((depth, height, width), s.slab_size, False), voxel_size=vs,
                                        overwrite=True)
-        if s.watershed:
-            need = watershed_bytes((depth, height, width))
-            import psutil
-
-            avail = psutil.virtual_memory().available
-            if need > 0.8 * avail:
-                raise ConfigError(f"watershed=true works in memory and needs about {need / 2**30:.1f} GiB, "
-                                  f"{avail / 2**30:.1f} GiB are free; use watershed=false (slab-wise components)")
-            labels = split_touching(np.asarray(arrays["mask"][:]) > 0, vs, h=s.watershed_h,
-                                    connectivity=s.connectivity, min_size=s.min_size)
-            for z0, z1 in slab_ranges(depth, s.slab_size):
-                arrays["labels"][z0:z1] = labels[z0:z1]
-            n_objects = int(labels.max(initial=0))
-            del labels
-        else:
-            n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=max(s.slab_size, 16),
-                                         connectivity=s.connectivity, min_size=s.min_size)
+        n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=max(s.slab_size, 16),
+                                     connectivity=s.connectivity, min_size=s.min_size)
+        if s.watershed:  # each component split on its own: memory for the largest object, not the volume
+            components = object_table(arrays["labels"], slab_size=max(s.slab_size, 16), count=n_objects)
+            _check_watershed_memory(components)
+            n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
+                                      min_size=s.min_size, slab_size=max(s.slab_size, 16))
         table = object_table(arrays["labels"], slab_size=max(s.slab_size, 16),
                              probabilities=None if multi else arrays["prob"],
                              prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
