@@ -17,6 +17,10 @@ def test_two_slices_give_the_enumerable_bootstrap_extremes():
     r = iou_difference_interval([[1, 1, 0], [3, 1, 0]], [[1, 3, 0], [3, 1, 0]])
     assert r.difference == pytest.approx(4 / 6 - 4 / 8, abs=1e-15)
     assert (r.low, r.high, r.level, r.resamples) == (0.0, 0.25, 0.95, 10000)
+    # metrics.json's per_slice mappings give the same result as the (n_slices, 3) arrays
+    per_slice = {"tp": [1, 3], "fp": [1, 1], "fn": [0, 0]}
+    assert iou_difference_interval(per_slice, {"tp": [1, 3], "fp": [3, 1], "fn": [0, 0]}) == r
+    assert pooled_iou(per_slice) == 4 / 6
 
 
 def test_identical_predictions_differ_by_exactly_zero():
@@ -53,6 +57,7 @@ def test_a_model_better_on_every_slice_has_an_interval_above_zero_and_the_mirror
     ([[1, 0]], [[1, 0]], 0.95, r"shape \(n_slices, 3\)"),
     ([[1, -1, 0]], [[1, 0, 0]], 0.95, "negative"),
     ([[1, 0, 0]], [[1, 0, 0]], 1.0, "level"),
+    ({"tp": [1], "fp": [0]}, [[1, 0, 0]], 0.95, "a has no fn counts"),
 ])
 def test_bad_input_is_refused_with_a_message(a, b, level, match):
     with pytest.raises(ValueError, match=match):

@@ -9,6 +9,7 @@ from scipy import ndimage
 from cemkit.predict.postprocess import (
     TABLE_COLUMNS,
     label_components,
+    largest_split_window,
     object_table,
     split_objects,
     split_touching,
@@ -93,6 +94,17 @@ def test_split_objects_one_box_at_a_time_equals_the_whole_volume_watershed(conne
     pieces = [sorted(np.unique(labels[components == c]).tolist()) for c in range(1, 5)]
     assert sorted(len(p) for p in pieces) == [1, 2, 2, 2] and [i for p in pieces for i in p] == list(range(1, 8))
     assert labels[10, 20, 12] != labels[10, 20, 26] and labels[10, 14, 128] != labels[10, 27, 128]
+
+
+def test_largest_split_window_is_the_biggest_bounding_box_with_its_margin_clipped_to_the_volume():
+    labels = np.zeros((10, 20, 30), np.uint32)
+    labels[0:4, 5:10, 5:8] = 1      # box 4 x 5 x 3 at the z = 0 face: window 5 x 7 x 5 = 175
+    labels[3:6, 2:9, 10:16] = 2     # box 3 x 7 x 6 inside: window 5 x 9 x 8 = 360
+    labels[8:10, 0:20, 28:30] = 3   # box 2 x 20 x 2 on three faces: window 3 x 20 x 3 = 180
+    assert largest_split_window(object_table(labels), labels.shape) == (2, 360)
+    labels[labels == 2] = 0
+    assert largest_split_window(object_table(labels), labels.shape) == (3, 180)
+    assert largest_split_window(object_table(np.zeros_like(labels)), labels.shape) == (0, 0)
 
 
 def test_split_objects_works_on_zarr_and_drops_small_pieces(tmp_path):

@@ -133,9 +133,8 @@ def ensemble_verdict(init: str, test_iou: dict[str, float], val_iou: dict[str, f
     if all(counts.values()):
         from cemkit.metrics import iou_difference_interval
 
-        a, b = (np.column_stack([c["tp"], c["fp"], c["fn"]]) for c in counts.values())
-        r = iou_difference_interval(a, b)
-        text += (f" (difference {ens - test_iou[best]:+.4f}, {r.level:.0%} interval over the {len(a)} test slices "
+        r = iou_difference_interval(counts["ensemble"], counts[best])
+        text += (f" (difference {ens - test_iou[best]:+.4f}, {r.level:.0%} interval over the {len(counts[best]['tp'])} test slices "
                  f"[{r.low:+.4f}, {r.high:+.4f}]{': the test volume cannot tell them apart' if r.low <= 0 <= r.high else ''})")
     text += f" and {ens - mean:+.4f} from the members' mean ({mean:.4f})"
     known = [m for m in members if val_iou.get(m) is not None]

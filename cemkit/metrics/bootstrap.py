@@ -12,6 +12,7 @@ two models apart; one that excludes 0 says the difference holds on this volume.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +31,11 @@ class IoUDifference(NamedTuple):
 
 
 def _counts(name: str, counts) -> np.ndarray:
+    if isinstance(counts, Mapping):  # cemkit evaluate's metrics.json "per_slice": {"tp": [...], "fp": [...], "fn": [...]}
+        missing = [k for k in ("tp", "fp", "fn") if k not in counts]
+        if missing:
+            raise ValueError(f"{name} has no {', '.join(missing)} counts (expected a metrics.json 'per_slice')")
+        counts = np.column_stack([counts["tp"], counts["fp"], counts["fn"]])
     arr = np.asarray(counts, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0:
         raise ValueError(f"{name} must be per-slice (tp, fp, fn) counts of shape (n_slices, 3), got {arr.shape}")
@@ -39,7 +45,8 @@ def _counts(name: str, counts) -> np.ndarray:
 
 
 def pooled_iou(counts) -> float:
-    """IoU pooled over slices from per-slice ``(tp, fp, fn)`` counts (1.0 when all are zero)."""
+    """IoU pooled over slices from per-slice ``(tp, fp, fn)`` counts or a ``per_slice`` mapping (1.0 when all
+    are zero)."""
     tp, fp, fn = _counts("counts", counts).sum(axis=0)
     union = tp + fp + fn
     return float(tp / union) if union else 1.0
@@ -50,9 +57,10 @@ def iou_difference_interval(a, b, level: float = 0.95, resamples: int = 10000, s
 
     Parameters
     ----------
-    a, b : array-like, shape (n_slices, 3)
-        Per-slice ``(tp, fp, fn)`` pixel counts of two predictions of the same volume (the
-        ``per_slice`` counts of ``cemkit evaluate``'s ``metrics.json``).
+    a, b : array-like, shape (n_slices, 3), or mapping
+        Per-slice ``(tp, fp, fn)`` pixel counts of two predictions of the same volume, or the
+        ``per_slice`` entries (``{"tp": [...], "fp": [...], "fn": [...]}``) of their ``cemkit evaluate``
+        ``metrics.json``.
     level : float
         Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
     resamples : int

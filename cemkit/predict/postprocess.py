@@ -211,8 +211,7 @@ def split_objects(labels, table: dict[str, np.ndarray], voxel_size: Any = None, 
     if n_old >= np.iinfo(np.uint32).max // 2:
         raise ValueError(f"{n_old} objects are too many to split in a uint32 labelling")
     shape = tuple(int(d) for d in labels.shape)
-    lo = np.stack([np.asarray(table[f"bbox_{a}0"], np.int64) for a in "zyx"], axis=1)
-    hi = np.stack([np.asarray(table[f"bbox_{a}1"], np.int64) for a in "zyx"], axis=1)
+    lo, hi = _split_windows(table, shape)
     order = np.argsort(lo[:, 0], kind="stable")
     next_id = n_old  # pieces are numbered above every original id until the renumbering pass
     i = 0
@@ -222,11 +221,11 @@ def split_objects(labels, table: dict[str, np.ndarray], voxel_size: Any = None, 
         while j < len(order) and max(end, hi[order[j], 0]) - first <= max(slab_size, end - first):
             end = max(end, hi[order[j], 0])
             j += 1
-        bz0, bz1 = max(int(first) - 1, 0), min(int(end) + 1, shape[0])
+        bz0, bz1 = int(first), int(end)
         band = np.asarray(labels[bz0:bz1])
         for k in order[i:j]:
-            window = (slice(max(int(lo[k, 0]) - 1, 0) - bz0, min(int(hi[k, 0]) + 1, shape[0]) - bz0),
-                      *(slice(max(int(lo[k, a]) - 1, 0), min(int(hi[k, a]) + 1, shape[a])) for a in (1, 2)))
+            window = (slice(int(lo[k, 0]) - bz0, int(hi[k, 0]) - bz0),
+                      *(slice(int(lo[k, a]), int(hi[k, a])) for a in (1, 2)))
             crop = band[window]  # a view: the pieces are written into the band
             obj = crop == ids[k]
             pieces = split_touching(obj, voxel_size, h=h, connectivity=connectivity, min_size=min_size)[obj]
@@ -238,6 +237,25 @@ def split_objects(labels, table: dict[str, np.ndarray], voxel_size: Any = None, 
         lab = np.asarray(labels[z0:z1])
         labels[z0:z1] = np.where(lab > n_old, lab - n_old, 0).astype(lab.dtype)
     return next_id - n_old
+
+
+def _split_windows(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per object, the ``[lo, hi)`` corners (``(n, 3)`` z, y, x) of its bounding box plus a 1-voxel margin,
+    clipped to ``shape``: the windows :func:`split_objects` works in."""
+    lo = np.stack([np.asarray(table[f"bbox_{a}0"], np.int64) - 1 for a in "zyx"], axis=1)
+    hi = np.stack([np.asarray(table[f"bbox_{a}1"], np.int64) + 1 for a in "zyx"], axis=1)
+    return np.maximum(lo, 0), np.minimum(hi, np.asarray(shape, np.int64))
+
+
+def largest_split_window(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(object id, voxels)`` of the largest window :func:`split_objects` will hold in memory
+    (``(0, 0)`` without objects); :func:`watershed_bytes` of it estimates the split's peak memory."""
+    if not len(table["id"]):
+        return 0, 0
+    lo, hi = _split_windows(table, shape)
+    voxels = np.prod(hi - lo, axis=1)
+    k = int(np.argmax(voxels))
+    return int(table["id"][k]), int(voxels[k])
 
 
 def object_table(labels, slab_size: int = 32, probabilities=None, prob_scale: float = 1.0,

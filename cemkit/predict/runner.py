@@ -37,6 +37,7 @@ from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoint
 from cemkit.predict.orthoplane import VIEWS, AxisView, average_views
 from cemkit.predict.postprocess import (
     label_components,
+    largest_split_window,
     object_table,
     split_objects,
     threshold_mask,
@@ -142,20 +143,17 @@ def _chunks(shape: tuple[int, ...], slab: int, channels: bool) -> tuple[int, ...
     return ((1,) if channels else ()) + core
 
 
-def _check_watershed_memory(components: dict[str, np.ndarray]) -> None:
-    """Refuse ``watershed=true`` when the largest object's bounding box would not fit in free memory."""
-    if not len(components["id"]):
-        return
-    boxes = np.prod([components[f"bbox_{a}1"] - components[f"bbox_{a}0"] + 2 for a in "zyx"], axis=0)
-    largest = int(np.argmax(boxes))
-    need = watershed_bytes((int(boxes[largest]),))
+def _check_watershed_memory(components: dict[str, np.ndarray], shape: tuple[int, ...]) -> None:
+    """Refuse ``watershed=true`` when the largest object's window would not fit in free memory."""
+    obj, voxels = largest_split_window(components, shape)
+    need = watershed_bytes((voxels,))
     import psutil
 
     avail = psutil.virtual_memory().available
     if need > 0.8 * avail:
-        raise ConfigError(f"watershed=true splits one object at a time, but object {int(components['id'][largest])} "
-                          f"spans {int(boxes[largest])} voxels and needs about {need / 2**30:.1f} GiB, "
-                          f"{avail / 2**30:.1f} GiB are free; use watershed=false (connected components only)")
+        raise ConfigError(f"watershed=true splits one object at a time, but object {obj} spans {voxels} voxels "
+                          f"and needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB are free; use "
+                          "watershed=false (connected components only)")
 
 
 def _write_prob(store, z0: int, z1: int, chw: np.ndarray, dtype: str) -> None:
@@ -368,7 +366,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                                      connectivity=s.connectivity, min_size=s.min_size)
         if s.watershed:  # each component split on its own: memory for the largest object, not the volume
             components = object_table(arrays["labels"], slab_size=max(s.slab_size, 16), count=n_objects)
-            _check_watershed_memory(components)
+            _check_watershed_memory(components, (depth, height, width))
             n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
                                       min_size=s.min_size, slab_size=max(s.slab_size, 16))
         table = object_table(arrays["labels"], slab_size=max(s.slab_size, 16),
