@@ -20,6 +20,7 @@ from cemkit.errors import InputError
 from cemkit.evaluate.command import run
 from cemkit.evaluate.sources import infer_kind, open_prediction
 from cemkit.io import ArrayVolume, open_volume, write_npy, write_png_folder, write_zarr
+from cemkit.metrics import pooled_iou
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LABELS = DATA / "cdeep3m_mito" / "train" / "labels"
@@ -170,6 +171,8 @@ def test_multiclass_class_maps(tmp_path, gt_stack):
     labels[:, :, 128:][gt[:, :, 128:]] = 2      # mitochondria in the right half are "class 2"
     pred = labels.copy()
     pred[:, :64] = 0                            # the top 64 rows predicted as background
+    swap = pred[:, 192:, :128]
+    swap[swap == 1] = 2                         # class 1 called class 2 in a corner: fn of 1, fp of 2
     write_npy(tmp_path / "labels.npy", labels)
     write_npy(tmp_path / "pred.npy", pred)
     out = tmp_path / "eval"
@@ -184,6 +187,14 @@ def test_multiclass_class_maps(tmp_path, gt_stack):
     assert result["pixel"]["mean_iou"] == pytest.approx(np.mean(ious), rel=1e-12)
     assert result["pixel"]["accuracy"] == pytest.approx(np.mean(pred == labels), rel=1e-12)
     assert np.array(result["pixel"]["confusion"]).sum() == labels.size
+    # per slice and foreground class: the counts a paired bootstrap of the mean IoU resamples
+    per_slice = result["per_slice"]
+    for z in range(2):
+        for i, c in enumerate((1, 2)):
+            p, t = pred[z] == c, labels[z] == c
+            assert [per_slice[k][z][i] for k in ("tp", "fp", "fn")] == [np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)]
+    assert np.sum(per_slice["fn"], axis=0)[0] > 0 and np.sum(per_slice["fp"], axis=0)[1] > 0   # the swap
+    assert pooled_iou(per_slice) == pytest.approx(result["pixel"]["mean_iou"], rel=1e-12)
 
 
 def test_infer_kind_of_prediction_volumes(tmp_path):

@@ -23,6 +23,21 @@ def test_two_slices_give_the_enumerable_bootstrap_extremes():
     assert pooled_iou(per_slice) == 4 / 6
 
 
+def test_multiclass_counts_compare_the_mean_of_the_per_class_ious():
+    # class 1 as in the two-slice case above; class 2 the same in a and b (IoU 1/2 pooled in every resample),
+    # so each resampled difference is half of the one-class difference: {1/4, 1/6, 0} / 2
+    a = np.stack([[[1, 2], [1, 2], [0, 0]], [[3, 0], [1, 0], [0, 2]]])   # (slices, tp/fp/fn, classes)
+    b = np.stack([[[1, 2], [3, 2], [0, 0]], [[3, 0], [1, 0], [0, 2]]])
+    assert pooled_iou(a) == pytest.approx((4 / 6 + 2 / 6) / 2, abs=1e-15)
+    r = iou_difference_interval(a, b)
+    assert r.difference == pytest.approx((4 / 6 - 4 / 8) / 2, abs=1e-15)
+    assert (r.low, r.high) == (0.0, 0.125)
+    per_slice = {"tp": a[:, 0].tolist(), "fp": a[:, 1].tolist(), "fn": a[:, 2].tolist()}   # metrics.json layout
+    assert iou_difference_interval(per_slice, b) == r
+    with pytest.raises(ValueError, match="same classes"):
+        iou_difference_interval(a, b[:, :, :1])
+
+
 def test_identical_predictions_differ_by_exactly_zero():
     counts = np.array([[120, 7, 9], [0, 0, 0], [55, 30, 2]])
     r = iou_difference_interval(counts, counts)
@@ -58,6 +73,7 @@ def test_a_model_better_on_every_slice_has_an_interval_above_zero_and_the_mirror
     ([[1, -1, 0]], [[1, 0, 0]], 0.95, "negative"),
     ([[1, 0, 0]], [[1, 0, 0]], 1.0, "level"),
     ({"tp": [1], "fp": [0]}, [[1, 0, 0]], 0.95, "a has no fn counts"),
+    ({"tp": [1, 2], "fp": [0], "fn": [0, 0]}, [[1, 0, 0]], 0.95, "differ in length"),
 ])
 def test_bad_input_is_refused_with_a_message(a, b, level, match):
     with pytest.raises(ValueError, match=match):

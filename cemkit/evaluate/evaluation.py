@@ -231,6 +231,7 @@ def _evaluate_multiclass(prediction: Prediction, labels: Volume, settings: Setti
         )
     total = np.zeros((c, c), np.int64)
     slice_miou = []
+    slice_counts = []  # per slice: (3, c - 1) tp, fp, fn of the foreground classes
     for z0, z1 in _slabs(labels.shape, "evaluate"):
         raw_t, raw_p = labels[z0:z1], prediction.volume[z0:z1]
         for i in range(z1 - z0):
@@ -240,6 +241,8 @@ def _evaluate_multiclass(prediction: Prediction, labels: Volume, settings: Setti
                 raise InputError(f"{prediction.volume.path} / {labels.path} slice {z0 + i}: {exc}") from None
             total += cm
             slice_miou.append(float(iou_per_class(cm)[1:].mean()))
+            tp = np.diag(cm)[1:]
+            slice_counts.append((tp, cm.sum(axis=0)[1:] - tp, cm.sum(axis=1)[1:] - tp))  # rows: target
     ious = iou_per_class(total)
     inter = np.diag(total).astype(np.float64)
     sizes = total.sum(axis=0) + total.sum(axis=1)
@@ -254,6 +257,8 @@ def _evaluate_multiclass(prediction: Prediction, labels: Volume, settings: Setti
     }
     if settings.per_image:
         result["per_image"] = {"mean_iou": float(np.mean(slice_miou))}
+    # per slice, per foreground class 1..c-1: what a paired bootstrap of the mean IoU needs
+    result["per_slice"] = {k: [[int(v) for v in row[i]] for row in slice_counts] for i, k in enumerate(("tp", "fp", "fn"))}
     if settings.instance_metrics:
         logger.info("instance metrics (V_rand, V_info, objects) are binary only: skipped for %d classes", c)
     result["settings"] = asdict(settings)
