@@ -3,7 +3,8 @@
 ``cemkit evaluate prediction=PATH`` accepts
 
 - a ``cemkit predict`` output folder: ``probabilities.zarr`` (float in [0, 1], or uint8 scaled
-  0-255) is thresholded; without it ``mask.zarr`` is used as a binary mask. ``labels.zarr``
+  0-255) is thresholded; without it ``mask.zarr`` is used as a binary mask. With ``num_classes > 2``
+  its ``mask.zarr`` (the arg-max class map) is read. ``labels.zarr``
   (instances), when present, provides the predicted instances for object metrics and V_rand/V_info;
 - a probability volume: float in [0, 1], or uint8 0-255 (divided by 255);
 - a binary mask volume (bool, 0/1 or 0/255);
@@ -64,20 +65,31 @@ class Prediction:
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Stored values of a slab -> float32 probabilities (checks the [0, 1] range)."""
-        p = raw.astype(np.float32) * np.float32(self.scale)
-        if p.size and (float(p.min()) < -_PROB_TOL or float(p.max()) > 1 + _PROB_TOL):
-            raise InputError(
-                f"{self.volume.path}: probabilities must lie in [0, 1] (or 0-255 as uint8), found values in "
-                f"[{float(p.min()):g}, {float(p.max()):g}]; pass prediction_kind=mask or labels if this is not a "
-                "probability map"
-            )
-        return p
+        return as_probabilities(raw, self.scale, self.volume.path)
 
     def foreground(self, raw: np.ndarray, threshold: float) -> np.ndarray:
         """Foreground mask of a slab: ``probability > threshold``, or ``value != 0`` for masks/labels."""
         if self.kind == "probabilities":
             return self.probabilities(raw) > threshold
         return raw != 0
+
+
+def as_probabilities(raw: np.ndarray, scale: float, where) -> np.ndarray:
+    """Stored values -> float32 probabilities (``raw * scale``), checking the [0, 1] range.
+
+    Raises
+    ------
+    InputError
+        Naming ``where`` when a value lies outside [0, 1] (beyond float16 rounding).
+    """
+    p = raw.astype(np.float32) * np.float32(scale)
+    if p.size and (float(p.min()) < -_PROB_TOL or float(p.max()) > 1 + _PROB_TOL):
+        raise InputError(
+            f"{where}: probabilities must lie in [0, 1] (or 0-255 as uint8), found values in "
+            f"[{float(p.min()):g}, {float(p.max()):g}]; pass prediction_kind=mask or labels if this is not a "
+            "probability map"
+        )
+    return p
 
 
 def is_predict_output(path: Path) -> bool:
@@ -132,7 +144,9 @@ def open_prediction(path: str | Path, key: str | None = None, kind: str = "auto"
     instances = None
     if is_predict_output(path):
         prob_path, mask_path = path / "probabilities.zarr", path / "mask.zarr"
-        if prob_path.exists() and kind in ("auto", "probabilities"):
+        if num_classes > 2 and kind == "auto" and mask_path.exists():
+            volume = open_volume(mask_path)  # the arg-max class map; probabilities.zarr is (c, z, y, x)
+        elif prob_path.exists() and kind in ("auto", "probabilities"):
             volume, kind = open_volume(prob_path), "probabilities"  # float 0-1 or uint8 0-255 by contract
         elif mask_path.exists():
             volume, kind = open_volume(mask_path), "mask"

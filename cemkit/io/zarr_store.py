@@ -160,3 +160,27 @@ def open_zarr(path: Path, key: str | None = None, level: int = 0) -> ArrayVolume
     check_dtype(array.dtype, where)
     layout = array_layout(array.shape, where)
     return ArrayVolume(array, layout=layout, voxel_size=voxel_size, name=store_name(path), path=path, opener=opener)
+
+
+def open_zarr_array(path: Path) -> zarr.Array:
+    """The array of a zarr store as it is, of any number of dimensions (read-only).
+
+    For data that are not one (z, y, x) volume, e.g. the (c, z, y, x) class probabilities of a
+    multi-class ``cemkit predict``: a zarr array, or level 0 of an OME-Zarr group (its only array
+    when the group has no multiscales metadata).
+
+    Raises
+    ------
+    InputError
+        Unreadable store, or a group without exactly one array.
+    """
+    node = _open(path)
+    if isinstance(node, zarr.Array):
+        return node
+    ms = multiscales(dict(node.attrs))
+    if ms and ms[0].get("datasets"):
+        return node[str(ms[0]["datasets"][0]["path"])]
+    names = _arrays(node)
+    if len(names) != 1:
+        raise InputError(f"{path}: zarr group holds {len(names)} arrays, expected one")
+    return node[names[0]]

@@ -249,7 +249,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
             logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
         members = [saved_record(p) for p in saved]
         record_models = [m for member in members for m in member.get("models", [])]
-        channels = 1
+        channels = saved[0].channels
     else:
         if models is None:
             models = load_segmenters(ckpts, device)
