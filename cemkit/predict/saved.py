@@ -71,6 +71,10 @@ def _class_maps(path: Path) -> SavedMap | None:
     return SavedMap(path, store, array, 1.0 / 255.0 if array.dtype == np.uint8 else 1.0, int(array.shape[0]))
 
 
+def _kind(member: SavedMap) -> str:
+    return "a foreground probability" if member.channels == 1 else f"{member.channels} class probabilities"
+
+
 def open_saved_predictions(paths: Sequence[str | Path], shape: Sequence[int]) -> list[SavedMap]:
     """Open each saved probability map and check it covers a ``shape`` (z, y, x) volume.
 
@@ -93,15 +97,11 @@ def open_saved_predictions(paths: Sequence[str | Path], shape: Sequence[int]) ->
                                  "of saved predictions averages probability maps (a predict folder's "
                                  "probabilities.zarr)")
             member = SavedMap(pred.path, Path(pred.volume.path), pred.volume, pred.scale, 1)
-        spatial = tuple(member.array.shape[-3:])
-        if spatial != tuple(shape) or member.array.ndim not in (3, 4):
+        if tuple(member.array.shape[-3:]) != tuple(shape):
             raise InputError(f"{path}: probabilities of shape {tuple(member.array.shape)}, but the input volume has "
                              f"shape {tuple(shape)}")
         if saved and member.channels != saved[0].channels:
-            def kind(m: SavedMap) -> str:
-                return "a foreground probability" if m.channels == 1 else f"{m.channels} class probabilities"
-
-            raise InputError(f"{path}: holds {kind(member)}, but {saved[0].path} holds {kind(saved[0])}; an "
+            raise InputError(f"{path}: holds {_kind(member)}, but {saved[0].path} holds {_kind(saved[0])}; an "
                              "ensemble combines maps of one kind")
         saved.append(member)
     return saved
