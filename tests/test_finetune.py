@@ -452,6 +452,38 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pai
     assert "holds the model weights only" in "".join(capsys.readouterr())
 
 
+def test_resume_points_every_nth_validation_and_at_the_end():
+    from cemkit.finetune.callbacks import resume_point_due
+
+    assert [s for s in range(2, 13, 2) if resume_point_due(s, 2, 2, 12)] == [4, 8, 12]
+    assert [s for s in range(2, 11, 2) if resume_point_due(s, 2, 3, 10)] == [6, 10]   # the end, off the grid
+    assert all(resume_point_due(s, 4, 1, 12) for s in (4, 8, 12))                      # default: every validation
+    with pytest.raises(ValueError, match="must be >= 1"):
+        resume_point_due(4, 4, 0, 12)
+
+
+def test_sparser_resume_points_resume_to_the_same_model(tmp_path, synthetic_pair, monkeypatch, capsys):
+    img, lab = synthetic_pair
+    args = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+            "trainer.max_steps=12", "val.every=2", "ckpt_path=last"]
+    straight = tmp_path / "straight"
+    assert cli([*args, f"output={straight}"]) == 0                      # last.ckpt after every validation
+    run = tmp_path / "sparse"
+    _count_batches(monkeypatch, crash_at={1: 10})                      # after the validation at step 10
+    assert cli([*args, "val.last_every=2", f"output={run}"]) != 0
+    assert torch.load(run / "1fm" / "last.ckpt", weights_only=True)["global_step"] == 8   # 10 wrote none
+    seen = _count_batches(monkeypatch)
+    assert cli([*args, "val.last_every=2", f"output={run}"]) == 0
+    assert seen == {1: 4}                                               # steps 9-12 again
+    wa = torch.load(straight / "1fm" / "last.ckpt", weights_only=True)
+    wb = torch.load(run / "1fm" / "last.ckpt", weights_only=True)
+    assert wa["global_step"] == wb["global_step"] == 12                 # the end always writes one
+    assert [k for k in wa["state_dict"] if not torch.equal(wa["state_dict"][k], wb["state_dict"][k])] == []
+    capsys.readouterr()
+    assert cli([*args, "val.last_every=0", f"output={tmp_path / 'bad'}"]) == 2
+    assert "val.last_every must be a positive integer" in "".join(capsys.readouterr())
+
+
 def test_resume_from_a_corrupt_last_checkpoint_names_the_file(tmp_path, synthetic_pair, capsys):
     img, lab = synthetic_pair
     last = tmp_path / "1fm" / "last.ckpt"

@@ -141,6 +141,13 @@ def _logger_for(logger_cfg: DictConfig | None, out_dir: Path, run_name: str):
     return build_logger(cfg)
 
 
+def _last_every(cfg: DictConfig) -> int:
+    every = cfg.val.get("last_every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"val.last_every must be a positive integer (validations between resume points), got {every!r}")
+    return every
+
+
 def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
     if spec in (None, "", "none"):
         return None
@@ -168,6 +175,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
+    from cemkit.finetune.callbacks import ResumePointCheckpoint
     from cemkit.finetune.module import SegmentationModule
     from cemkit.tracking import build_trainer
 
@@ -244,11 +252,11 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou", mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
                               save_on_train_epoch_end=False, save_weights_only=True)
-    # last.ckpt after EVERY validation (save_last=True on the callback above only writes it when the
-    # best model improves in pytorch_lightning 2.6, so the final model and the resume point were lost)
-    last_cb = ModelCheckpoint(dirpath=str(out_dir), filename="last", monitor=None, save_top_k=1,
-                              auto_insert_metric_name=False, enable_version_counter=False,
-                              save_on_train_epoch_end=False)
+    # last.ckpt after every val.last_every-th validation and the last one (save_last=True on the callback
+    # above only writes it when the best model improves in pytorch_lightning 2.6: the final model was lost)
+    last_cb = ResumePointCheckpoint(val_every, _last_every(cfg), total, dirpath=str(out_dir), filename="last",
+                                    monitor=None, save_top_k=1, auto_insert_metric_name=False,
+                                    enable_version_counter=False, save_on_train_epoch_end=False)
     logger = _logger_for(cfg.get("logger"), out_dir, f"{frames}fm")
     csv_path = _csv_metrics_path(logger)
     # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
