@@ -124,6 +124,32 @@ def _parent_multiscale_voxel_size(path: Path) -> tuple[float, float, float] | No
     return ome_voxel_size(ms[0], path.name)
 
 
+def _locate(path: Path, key: str | None = None, level: int = 0) -> tuple[str | None, Any]:
+    """Which array of the zarr store at ``path`` to open: ``(key, voxel size)``; key None for a bare array.
+
+    A group's array is ``key``, else the OME-Zarr multiscale ``level``, else its only array.
+    """
+    node = _open(path)
+    if isinstance(node, zarr.Array):
+        if key is not None:
+            raise InputError(f"{path}: is a zarr array; key={key!r} only applies to groups")
+        return None, _parent_multiscale_voxel_size(path)
+    ms = multiscales(dict(node.attrs))
+    if key is None and ms:
+        datasets = ms[0].get("datasets", [])
+        if not 0 <= level < len(datasets):
+            raise InputError(f"{path}: OME-Zarr has {len(datasets)} resolution levels, level={level} requested")
+        key = str(datasets[level]["path"])
+    elif key is None:
+        names = _arrays(node)
+        if not names:
+            raise InputError(f"{path}: zarr group holds no image array (2-D or 3-D)")
+        if len(names) > 1:
+            raise InputError(f"{path}: zarr group holds several arrays, pass key= one of: " + ", ".join(names))
+        key = names[0]
+    return key, ome_voxel_size(ms[0], key) if ms else None
+
+
 def open_zarr(path: Path, key: str | None = None, level: int = 0) -> ArrayVolume:
     """Open a zarr array, a group member, or an OME-Zarr multiscale level lazily.
 
@@ -132,28 +158,7 @@ def open_zarr(path: Path, key: str | None = None, level: int = 0) -> ArrayVolume
     InputError
         Unreadable store, missing key/level, several arrays without a key, 4-D data.
     """
-    node = _open(path)
-    voxel_size = None
-    if isinstance(node, zarr.Array):
-        if key is not None:
-            raise InputError(f"{path}: is a zarr array; key={key!r} only applies to groups")
-        voxel_size = _parent_multiscale_voxel_size(path)
-    else:
-        ms = multiscales(dict(node.attrs))
-        if key is None and ms:
-            datasets = ms[0].get("datasets", [])
-            if not 0 <= level < len(datasets):
-                raise InputError(f"{path}: OME-Zarr has {len(datasets)} resolution levels, level={level} requested")
-            key = str(datasets[level]["path"])
-        elif key is None:
-            names = _arrays(node)
-            if not names:
-                raise InputError(f"{path}: zarr group holds no image array (2-D or 3-D)")
-            if len(names) > 1:
-                raise InputError(f"{path}: zarr group holds several arrays, pass key= one of: " + ", ".join(names))
-            key = names[0]
-        if ms:
-            voxel_size = ome_voxel_size(ms[0], key)
+    key, voxel_size = _locate(path, key, level)
     opener = _ZarrOpener(path, key)
     array = opener()
     where = f"{path}/{key}" if key else str(path)
@@ -166,21 +171,12 @@ def open_zarr_array(path: Path) -> zarr.Array:
     """The array of a zarr store as it is, of any number of dimensions (read-only).
 
     For data that are not one (z, y, x) volume, e.g. the (c, z, y, x) class probabilities of a
-    multi-class ``cemkit predict``: a zarr array, or level 0 of an OME-Zarr group (its only array
-    when the group has no multiscales metadata).
+    multi-class ``cemkit predict``: the array :func:`open_zarr` would pick (a bare array, level 0 of
+    an OME-Zarr group, or a group's only array), without its (z, y, x) checks.
 
     Raises
     ------
     InputError
-        Unreadable store, or a group without exactly one array.
+        Unreadable store, or a group without one array to pick.
     """
-    node = _open(path)
-    if isinstance(node, zarr.Array):
-        return node
-    ms = multiscales(dict(node.attrs))
-    if ms and ms[0].get("datasets"):
-        return node[str(ms[0]["datasets"][0]["path"])]
-    names = _arrays(node)
-    if len(names) != 1:
-        raise InputError(f"{path}: zarr group holds {len(names)} arrays, expected one")
-    return node[names[0]]
+    return _ZarrOpener(path, _locate(path)[0])()

@@ -362,14 +362,15 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         arrays["labels"] = create_zarr(work / "labels.zarr", (depth, height, width), "uint32",
                                        _chunks((depth, height, width), s.slab_size, False), voxel_size=vs,
                                        overwrite=True)
-        n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=max(s.slab_size, 16),
+        band = max(s.slab_size, 16)  # planes per read of the labels in the post-processing passes
+        n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=band,
                                      connectivity=s.connectivity, min_size=s.min_size)
         if s.watershed:  # each component split on its own: memory for the largest object, not the volume
-            components = object_table(arrays["labels"], slab_size=max(s.slab_size, 16), count=n_objects)
+            components = object_table(arrays["labels"], slab_size=band, count=n_objects)
             _check_watershed_memory(components, (depth, height, width))
             n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
-                                      min_size=s.min_size, slab_size=max(s.slab_size, 16))
-        table = object_table(arrays["labels"], slab_size=max(s.slab_size, 16),
+                                      min_size=s.min_size, slab_size=band)
+        table = object_table(arrays["labels"], slab_size=band,
                              probabilities=None if multi else arrays["prob"],
                              prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
         outputs["objects"] = str(write_table_csv(output / "objects.csv", table, vs))
