@@ -18,7 +18,7 @@ CEMKIT = Path(sys.executable).with_name("cemkit")
 
 
 def _run(args, cwd, env=None):
-    return subprocess.run([str(CEMKIT), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    return subprocess.run([str(CEMKIT), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, **(env or {})})
 
 
@@ -87,7 +87,7 @@ def test_wheel_ships_configs_and_cli_finds_them_outside_the_repo(tmp_path):
     run_dir = tmp_path / "elsewhere"
     run_dir.mkdir()
     res = subprocess.run([sys.executable, "-c", "import sys; from cemkit.cli.main import main; sys.exit(main())",
-                          "curate", "--cfg", "job", "input=x"], cwd=run_dir, capture_output=True, text=True,
+                          "curate", "--cfg", "job", "input=x"], cwd=run_dir, capture_output=True, text=True, check=False,
                          env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "input: x" in res.stdout

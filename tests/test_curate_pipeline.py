@@ -43,7 +43,7 @@ def _src(name):
 
 
 def test_injected_duplicates_and_blanks_dropped_distinct_kept(raw, run1):
-    out, meta = run1
+    out, _ = run1
     rows = _manifest(out)
     by_key = {}
     for r in rows:

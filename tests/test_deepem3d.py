@@ -116,9 +116,9 @@ def test_freezing_keeps_encoder_and_its_batchnorm_statistics_unchanged():
         model(torch.randn(2, 1, 64, 64)).mean().backward()
         opt.step()
     after = model.state_dict()
-    for k in before:
-        changed = not torch.equal(before[k], after[k])
-        if k.startswith("encoder.conv1") or k.startswith("encoder.bn1") or k.startswith("encoder.layer1"):
+    for k, value in before.items():
+        changed = not torch.equal(value, after[k])
+        if k.startswith(("encoder.conv1", "encoder.bn1", "encoder.layer1")):
             assert not changed, k
     assert not torch.equal(before["encoder.layer2.0.bn1.running_mean"], after["encoder.layer2.0.bn1.running_mean"])
     assert not torch.equal(before["decoder.taps.0.plain.weight"], after["decoder.taps.0.plain.weight"])

@@ -151,7 +151,7 @@ def _bioimageio_works() -> bool:
 def test_bioimageio_package_validates(binary3, tmp_path):
     from bioimageio.spec import load_description
 
-    path, model, meta = binary3
+    path, model, _ = binary3
     out = tmp_path / "cemkit_mito.zip"
     assert cli_main(["export", f"checkpoint={path}", f"output={out}", f"tile={TILE}",
                      "bioimageio.authors=[Test Author]", "bioimageio.name=cemkit test model"]) == 0

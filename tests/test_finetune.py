@@ -122,6 +122,29 @@ def test_patches_are_foreground_biased_with_k_frames():
     assert x.dtype == torch.float32 and x.shape == (5, 32, 32) and y.dtype == torch.int64
 
 
+def test_z_flip_reverses_the_frames_of_about_half_the_multi_frame_patches():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (8, 48, 48), dtype=np.uint8)
+    label = (rng.random((8, 48, 48)) < 0.3).astype(np.uint8)
+    vols = [LabelledVolume(image, label, np.arange(8), "v")]
+
+    def items(frames, z_flip):
+        ds = PatchDataset(vols, frames=frames, crop=32, length=200, norms=(0.5, 0.25), augment=None, seed=7,
+                          z_flip=z_flip)
+        return [ds[i] for i in range(200)]
+
+    plain, flipped = items(3, False), items(3, True)
+    reversed_ = 0
+    for (x0, y0), (x1, y1) in zip(plain, flipped):
+        assert torch.equal(y0, y1) and torch.equal(x0[1], x1[1])  # same patch, same labels, same centre slice
+        if not torch.equal(x0, x1):
+            assert torch.equal(x1, x0.flip(0))
+            reversed_ += 1
+    assert 70 < reversed_ < 130  # p = 0.5 over 200 patches
+    # single-frame patches draw nothing for it: identical with or without
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(items(1, False), items(1, True)))
+
+
 def test_separate_validation_data_and_train_fraction(tmp_path):
     from omegaconf import OmegaConf
 
@@ -194,7 +217,8 @@ def test_tiny_training_learns_for_every_frame_count(trained_all, frames):
     assert hist[-1]["loss"] < hist[0]["loss"]
     import csv
 
-    rows = [r for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("train/loss")]
+    with open(run / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     losses = [float(r["train/loss"]) for r in rows]
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
     assert list((run / "overlays").glob("val_overlay_step*.png"))
@@ -324,7 +348,7 @@ def test_a_model_cannot_start_from_one_with_more_frames(trained_all):
     init = resolve_init(str(trained_all / "5fm" / "best.ckpt"), 3)
     with pytest.raises(ConfigError, match="5fm model but model.frames=3"):
         build_model(cfg, 3, init)
-    model, norms, report = build_model(cfg, 5, init)  # same frames: loaded as is, ready to train
+    model, _, report = build_model(cfg, 5, init)  # same frames: loaded as is, ready to train
     assert model.frames == 5 and model.training and report["kind"] == "segmenter"
 
 
@@ -429,8 +453,8 @@ def test_interrupted_finetune_resumes_to_the_same_result(tmp_path, synthetic_pai
     import csv
 
     def losses(folder):  # the CSV log keeps the rows written before the interruption
-        rows = csv.DictReader(open(folder / "1fm" / "logs" / "metrics.csv"))
-        return [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss")]
+        with open(folder / "1fm" / "logs" / "metrics.csv") as f:
+            return [(r["step"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
     assert losses(run) == losses(straight) and len(losses(run)) >= 3
     # Same patches (a function of seed, epoch and index), optimizer, one-cycle schedule and BatchNorm

@@ -26,7 +26,7 @@ def test_two_process_ddp_gathers_keys_into_identical_queues(tmp_path):
     cmd = [sys.executable, "-m", "cemkit.cli.main", "pretrain", "+experiment=tiny_pretrain", "trainer=ddp_cpu",
            f"data.images={images}", "data.tile_size=64", f"output={out}", "trainer.max_steps=3",
            "checkpoint_every_n_steps=2"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
     log_text = proc.stdout + proc.stderr + "".join(p.read_text() for p in out.glob("runs/*/pretrain.log"))
     assert proc.returncode == 0, log_text[-4000:]
 

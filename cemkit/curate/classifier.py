@@ -193,7 +193,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> 
     if val_fraction > 0:
         for c in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == c))
-            k = int(round(val_fraction * len(idx)))
+            k = round(val_fraction * len(idx))
             if len(idx) >= 2:
                 k = min(max(k, 1), len(idx) - 1)
             val.extend(idx[:k].tolist())

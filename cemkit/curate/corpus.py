@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +170,7 @@ class Corpus:
         s, off = self.locate(int(i))
         return np.array(self._shard(s)[off])
 
-    def __iter__(self) -> Iterable[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
             yield self[i]
 

@@ -79,8 +79,8 @@ def run(cfg: DictConfig) -> None:
     from cemkit.finetune.checkpoint import load_segmenter
 
     model, meta = load_segmenter(segmenter)
-    common = dict(tile=int(cfg.tile), output=str(cfg.activation),
-                  tolerance=float(cfg.check_tolerance), source=str(segmenter))
+    common = {"tile": int(cfg.tile), "output": str(cfg.activation),
+              "tolerance": float(cfg.check_tolerance), "source": str(segmenter)}
     if fmt == "torchscript":
         from cemkit.export.torchscript import export_torchscript
 

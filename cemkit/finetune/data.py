@@ -228,7 +228,9 @@ class PatchDataset(Dataset):
     foreground always, so foreground is over-sampled about ``1 / background_keep`` times.
 
     Each item is ``(x, y)``: ``x`` float32 ``(frames, crop, crop)`` normalised with ``norms``,
-    ``y`` int64 ``(crop, crop)`` class indices.
+    ``y`` int64 ``(crop, crop)`` class indices. With ``z_flip`` (3fm/5fm only) the frame order of each
+    patch is reversed with probability 1/2, drawn after the patch position; single-frame datasets draw
+    nothing for it, so their patches are the same with or without it.
 
     With ``seed`` set, item ``index`` is a pure function of ``(seed, index)`` (patch position and
     augmentation): draw it with a :class:`PatchSampler`, whose indices run on from epoch to epoch,
@@ -239,8 +241,9 @@ class PatchDataset(Dataset):
 
     def __init__(self, volumes: Sequence[LabelledVolume], frames: int, crop: int, length: int,
                  norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20,
-                 seed: int | None = None):
+                 seed: int | None = None, z_flip: bool = False):
         self.volumes, self.frames, self.crop, self.length = list(volumes), int(frames), int(crop), int(length)
+        self.z_flip = bool(z_flip) and self.frames > 1
         self.seed = None if seed is None else int(seed)
         self.norms, self.background_keep, self.augment, self.max_tries = norms, float(background_keep), augment, max_tries
         self._weights = np.array([len(v.slices) * v.image.shape[1] * v.image.shape[2] for v in self.volumes], float)
@@ -274,6 +277,8 @@ class PatchDataset(Dataset):
             seed = int(np.random.SeedSequence([self.seed, int(index)]).generate_state(1, np.uint64)[0] >> 2)
         rng = np.random.default_rng(seed)
         img, lab = self.sample(rng)
+        if self.z_flip and rng.random() < 0.5:  # only multi-frame inputs draw: 1fm patches stay as they were
+            img = img[::-1]
         if self.augment is not None:
             self.augment.set_random_seed(seed % 2**32)
             out = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=np.ascontiguousarray(lab))

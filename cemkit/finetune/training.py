@@ -71,7 +71,7 @@ def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:
     """Keep an evenly spaced ``fraction`` of the labelled slices (at least one)."""
     n = len(vol.slices)
     k = max(1, round(n * fraction))
-    pick = sorted({int(round(i * (n - 1) / max(1, k - 1))) for i in range(k)}) if k > 1 else [n // 2]
+    pick = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}) if k > 1 else [n // 2]
     log.info("using %d of %d labelled training slices (data.train_fraction=%g)", len(pick), n, fraction)
     return vol.subset(vol.slices[pick])
 
@@ -224,7 +224,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     train_ds = PatchDataset(data.train, frames, int(d.crop), val_every * int(d.batch_size), norms,
                             background_keep=float(d.background_keep),
                             augment=build_augmentation(bool(d.augment), bool(d.get("photometric", True))),
-                            seed=int(cfg.seed))
+                            seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.get("z_flip", False)))
     val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
     workers = int(d.num_workers)
     # patches are a function of (seed, optimizer step): a resumed run trains on the same patches

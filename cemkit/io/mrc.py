@@ -73,6 +73,6 @@ def open_mrc(path: Path) -> ArrayVolume:
     layout = array_layout(data.shape, path)
     try:
         voxel_size = mrc_voxel_size(path)
-    except Exception:
+    except (OSError, ValueError):  # an unreadable header only costs the voxel size; the data opened above
         voxel_size = None
     return ArrayVolume(data, layout=layout, voxel_size=voxel_size, name=path.stem, path=path, opener=opener)

@@ -153,9 +153,8 @@ def write_tif_stack(path: str | Path, array: Any, voxel_size: Any = None) -> Pat
             for page in slab:
                 yield page.astype(dtype, copy=False)
 
-    with _atomic(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff, imagej=imagej) as tw:
-            tw.write(pages(), shape=src.shape, dtype=dtype, photometric="minisblack", **kwargs)
+    with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, imagej=imagej) as tw:
+        tw.write(pages(), shape=src.shape, dtype=dtype, photometric="minisblack", **kwargs)
     return path
 
 

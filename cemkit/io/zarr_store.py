@@ -116,7 +116,7 @@ def _parent_multiscale_voxel_size(path: Path) -> tuple[float, float, float] | No
         return None
     try:
         group = zarr.open_group(str(parent), mode="r")
-    except Exception:
+    except Exception:  # noqa: BLE001 -- zarr 2 and 3 raise different errors for a parent that is no group
         return None
     ms = multiscales(dict(group.attrs))
     if not ms:
