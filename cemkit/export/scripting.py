@@ -26,12 +26,12 @@ class _Network(nn.Module):
         super().__init__()
         self.encoder = model.encoder
         self.decoder = model.decoder
-        self.n_taps = int(model.n_taps)
+        self.tap_indices = list(model.tap_indices)
         self.activation = "none" if output == "logits" else (
             "sigmoid" if model.out_channels == 1 else "softmax")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder.forward_intermediates(x, indices=self.n_taps, intermediates_only=True)
+        feats = self.encoder.forward_intermediates(x, indices=self.tap_indices, intermediates_only=True)
         logits = self.decoder(feats)[0]
         if self.activation == "sigmoid":
             return torch.sigmoid(logits)

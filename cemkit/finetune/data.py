@@ -183,17 +183,44 @@ def intensity_norms(image: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------ augmentation
-def build_augmentation(enabled: bool = True, photometric: bool = True):
-    """albumentations pipeline: D4 (flips, 90-degree rotations), brightness/contrast, blur or noise.
+PHOTOMETRIC = (False, True, "strong")
 
-    Applied to ``(H, W, frames)`` uint8 images with their mask; every frame gets the same transform.
+
+def build_augmentation(enabled: bool = True, photometric: bool | str = True, geometric: bool = False):
+    """albumentations pipeline: D4 (flips, 90-degree rotations), then optional photometric and geometric changes.
+
+    Applied to ``(H, W, frames)`` uint8 images with their mask; every frame gets the same transform,
+    and the mask the same geometry (nearest neighbour).
+
+    Parameters
+    ----------
+    enabled
+        ``False``: no augmentation at all (``None`` is returned).
+    photometric
+        ``True``: brightness/contrast +-20 %, then blur or noise (30 %). ``"strong"``: brightness/contrast
+        +-30 %, gamma 0.7-1.5 and blur or noise (50 %), so that grey level alone stops telling
+        mitochondria from other dark membranes.
+    geometric
+        Scale 0.8-1.25 with any rotation (50 %) and an elastic distortion (30 %), reflect-padded.
     """
     import albumentations as A
+    import cv2
 
+    if photometric not in PHOTOMETRIC:
+        raise ValueError(f"photometric must be true, false or strong, got {photometric!r}")
     if not enabled:
         return None
     ops: list[Any] = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
-    if photometric:
+    if geometric:
+        ops += [A.Affine(scale=(0.8, 1.25), rotate=(-180, 180), border_mode=cv2.BORDER_REFLECT_101,
+                         interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=0.5),
+                A.ElasticTransform(alpha=30, sigma=6, border_mode=cv2.BORDER_REFLECT_101, p=0.3)]
+    if photometric == "strong":
+        ops += [A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.8),
+                A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+                A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+                         A.GaussNoise(std_range=(0.02, 0.08), p=1.0)], p=0.5)]
+    elif photometric:
         ops += [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0),
                          A.GaussNoise(std_range=(0.02, 0.06), p=1.0)], p=0.3)]
@@ -241,8 +268,12 @@ class PatchDataset(Dataset):
 
     def __init__(self, volumes: Sequence[LabelledVolume], frames: int, crop: int, length: int,
                  norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20,
-                 seed: int | None = None, z_flip: bool = False):
+                 seed: int | None = None, z_flip: bool = False, hard_negatives: float = 0.0):
         self.volumes, self.frames, self.crop, self.length = list(volumes), int(frames), int(crop), int(length)
+        if not 0.0 <= float(hard_negatives) <= 1.0:
+            raise ValueError(f"hard_negatives must be a fraction in [0, 1], got {hard_negatives}")
+        self.hard_negatives = float(hard_negatives)
+        self._dark = [dark_background(v) for v in self.volumes] if self.hard_negatives > 0 else []
         self.z_flip = bool(z_flip) and self.frames > 1
         self.seed = None if seed is None else int(seed)
         self.norms, self.background_keep, self.augment, self.max_tries = norms, float(background_keep), augment, max_tries
@@ -254,6 +285,12 @@ class PatchDataset(Dataset):
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One uint8 ``(frames, crop, crop)`` patch and its ``(crop, crop)`` labels."""
+        if self.hard_negatives > 0 and rng.random() < self.hard_negatives:
+            vi = int(rng.choice(len(self.volumes), p=self._weights))
+            vol, candidates = self.volumes[vi], self._dark[vi]
+            if len(candidates):
+                z, cy, cx = (int(v) for v in candidates[rng.integers(len(candidates))])
+                return self._cut(vol, z, cy, cx)
         for _ in range(self.max_tries):
             vol = self.volumes[rng.choice(len(self.volumes), p=self._weights)]
             z = int(vol.slices[rng.integers(len(vol.slices))])
@@ -261,6 +298,10 @@ class PatchDataset(Dataset):
             cy, cx = int(rng.integers(h)), int(rng.integers(w))
             if vol.label[z, cy, cx] > 0 or rng.random() < self.background_keep:
                 break
+        return self._cut(vol, z, cy, cx)
+
+    def _cut(self, vol: LabelledVolume, z: int, cy: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = vol.image.shape[1:]
         y0, x0 = cy - self.crop // 2, cx - self.crop // 2
         # keep the window inside the slice when the slice is large enough
         y0 = min(max(y0, 0), max(h - self.crop, 0)) if h >= self.crop else y0
@@ -285,6 +326,38 @@ class PatchDataset(Dataset):
             img, lab = out["image"].transpose(2, 0, 1), out["mask"]
         x = normalise(np.ascontiguousarray(img), self.norms)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+
+
+def dark_background(vol: LabelledVolume, max_points: int = 20000, seed: int = 0) -> np.ndarray:
+    """Hard-negative patch centres: background pixels at least as dark as the median labelled foreground pixel.
+
+    These are the membranes, myelin and other dark structures a model that learned "dark means
+    foreground" marks wrongly. Pixels within 8 px of a labelled object are left out (their patch is
+    a positive one anyway).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 3)`` int ``(z, y, x)`` centres on the labelled slices, at most ``max_points`` (evenly
+        subsampled with a fixed seed); empty when there is no foreground or no such pixel.
+    """
+    from scipy import ndimage
+
+    points = []
+    for z in vol.slices:
+        image, label = vol.image[z], vol.label[z] > 0
+        if not label.any():
+            continue
+        level = np.median(image[label])
+        near = ndimage.binary_dilation(label, iterations=8)
+        ys, xs = np.nonzero((image <= level) & ~near)
+        points.append(np.stack([np.full_like(ys, z), ys, xs], 1))
+    if not points:
+        return np.zeros((0, 3), np.int64)
+    found = np.concatenate(points).astype(np.int64)
+    if len(found) > max_points:
+        found = found[np.sort(np.random.default_rng(seed).choice(len(found), max_points, replace=False))]
+    return found
 
 
 class PatchSampler(Sampler[int]):

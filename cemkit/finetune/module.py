@@ -17,17 +17,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from cemkit.finetune.budget import PolyLambda
 from cemkit.finetune.checkpoint import segmenter_entry
 from cemkit.finetune.losses import SegmentationLoss
 
 log = logging.getLogger(__name__)
-
-
-def poly_lambda(total_steps: int, power: float = 0.9):
-    """``step -> (1 - step / total_steps) ** power`` (CDeep3M's ``poly`` policy, power 0.8 there)."""
-    def f(step: int) -> float:
-        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
-    return f
 
 
 class SegmentationModule(pl.LightningModule):
@@ -65,13 +59,20 @@ class SegmentationModule(pl.LightningModule):
         self._reset_val()
 
     # -------------------------------------------------------------------------------- steps
+    def on_fit_start(self) -> None:
+        # NHWC: oneDNN's convolutions (and bf16 autocast's) run 1.2-1.5x faster on CPU; see docs/results.md
+        self.model.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = x.contiguous(memory_format=torch.channels_last)
         logits, taps = self.model.forward_with_taps(x)
-        loss, parts = self.loss_fn(logits, y, taps if self.loss_fn.deep_supervision > 0 else None)
+        # the loss in float32 under bf16 autocast
+        taps = [t.float() for t in taps] if self.loss_fn.deep_supervision > 0 else None
+        loss, parts = self.loss_fn(logits.float(), y, taps)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         for k, v in parts.items():
             self.log(f"train/{k}", v, on_step=True, on_epoch=False, batch_size=x.shape[0])
@@ -90,7 +91,7 @@ class SegmentationModule(pl.LightningModule):
         from cemkit.metrics import binary_counts, confusion_matrix
 
         x, y, _ = batch
-        logits = self.model(x)
+        logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
         loss, _ = self.loss_fn(logits, y)
         self._val_loss += float(loss) * x.shape[0]
         self._val_n += x.shape[0]
@@ -168,7 +169,7 @@ class SegmentationModule(pl.LightningModule):
                 opt, max_lr=[g["lr"] for g in groups], total_steps=max(2, self.total_steps),
                 pct_start=float(c.get("pct_start", 0.3)))
         elif schedule == "poly":
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(self.total_steps, float(c.get("poly_power", 0.9))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLambda(self.total_steps, float(c.get("poly_power", 0.9))))
         elif schedule == "constant":
             return opt
         else:

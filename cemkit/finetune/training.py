@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
+from cemkit.finetune.budget import TimeBudget, parse_duration
 from cemkit.finetune.data import (
     LabelledVolume,
     PatchDataset,
@@ -117,6 +119,7 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource):
         timm_pretrained=bool(m.encoder.get("timm_pretrained", False)) and init.kind == "none",
         decoder_width=m.get("decoder_width"), dilations=list(m.dilations),
         dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu),
+        tap_max_stride=None if m.get("tap_max_stride") is None else int(m.tap_max_stride),
         frame_init=frame_init)
     norms = init.weights.norms if init.kind == "encoder" else None
     if init.kind == "none" and bool(m.encoder.get("timm_pretrained", False)):
@@ -179,6 +182,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from cemkit.finetune.module import SegmentationModule
     from cemkit.tracking import build_trainer
 
+    started = time.monotonic()
+    budget_s = parse_duration(cfg.trainer.get("max_time"))
+    _warn_about_the_cpu(cfg, budget_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     finished = read_result(out_dir)
     if finished is not None and not cfg.get("overwrite", False):
@@ -223,8 +229,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     d = cfg.data
     train_ds = PatchDataset(data.train, frames, int(d.crop), val_every * int(d.batch_size), norms,
                             background_keep=float(d.background_keep),
-                            augment=build_augmentation(bool(d.augment), bool(d.get("photometric", True))),
-                            seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.get("z_flip", False)))
+                            augment=_augmentation(d),
+                            seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.get("z_flip", False)),
+                            hard_negatives=_fraction(d.hard_negatives, "data.hard_negatives"))
     val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
     workers = int(d.num_workers)
     # patches are a function of (seed, optimizer step): a resumed run trains on the same patches
@@ -262,12 +269,17 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
     prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
     callbacks: list[Any] = [ckpt_cb, last_cb]
+    budget = None
+    if budget_s is not None:
+        budget = TimeBudget(budget_s, val_every, started=started, followers=[last_cb], max_steps=total,
+                            val_fraction=_validation_fraction(val_ds, val_every * int(d.batch_size) * int(d.crop) ** 2))
+        callbacks.insert(0, budget)
     if logger is not None:
         from pytorch_lightning.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
-                            max_steps=total, max_epochs=-1, check_val_every_n_epoch=1,
+                            max_steps=total, max_epochs=-1, check_val_every_n_epoch=1, max_time=None,
                             val_check_interval=None, num_sanity_val_steps=0,
                             log_every_n_steps=min(int(cfg.trainer.get("log_every_n_steps", 10)), val_every))
     per_step = int(d.batch_size) * int(trainer.accumulate_grad_batches)
@@ -283,8 +295,60 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
               "history": module.history, "norms": list(norms), "init": meta["init"], "init_kind": init.kind,
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
+    if budget is not None:
+        result["budget"] = {"seconds": budget.seconds, "step_seconds": budget.step_s, "planned_steps": budget.total,
+                            "elapsed": round(budget.elapsed(), 1)}
     _write_json(out_dir / RESULT_FILE, result)
     return result
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX): without them bf16 autocast is slower
+    than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _warn_about_the_cpu(cfg: DictConfig, budget_s: float | None) -> None:
+    """Warn when a CPU run's settings were made for another machine (bf16 without bf16 units, fewer cores)."""
+    import torch
+
+    on_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
+    if not on_cpu:
+        return
+    if "bf16" in str(cfg.trainer.get("precision", "")) and not cpu_has_native_bf16():
+        log.warning("trainer.precision=%s on a CPU without AVX512-BF16/AMX: bf16 autocast is emulated and slower "
+                    "than float32 here; set trainer.precision=32-true", cfg.trainer.precision)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if budget_s is not None and cores < 2:
+        log.warning("%d CPU core: the presets are tuned for 2; the time budget (%.0f s) still holds, with about "
+                    "half the steps, so expect a lower accuracy", cores, budget_s)
+
+
+def _fraction(value: Any, key: str) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"{key} must be a fraction in [0, 1], got {value!r}")
+    return v
+
+
+def _augmentation(d: DictConfig):
+    photometric = d.photometric if d.photometric == "strong" else bool(d.photometric)
+    try:
+        return build_augmentation(bool(d.augment), photometric, bool(d.geometric))
+    except ValueError as exc:
+        raise ConfigError(f"data.photometric: {exc}") from exc
+
+
+def _validation_fraction(val_ds, train_pixels_per_block: int) -> float:
+    """A first guess of one validation's time as a fraction of a block's training time: a forward pass
+    costs about a third of a training step per pixel (replaced by the measured block after the first
+    validation)."""
+    pixels = sum(h * w for _, _, _, _, h, w in getattr(val_ds, "items", []))
+    return pixels / max(1, train_pixels_per_block) / 3.0
 
 
 RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "data.crop", "optim")

@@ -22,7 +22,9 @@ the logits back.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,8 +82,153 @@ def bilinear_kernel(size: int) -> np.ndarray:
     return np.outer(k1, k1).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class PhasePlan:
+    """How a transposed convolution (kernel ``2s``, stride ``s``, dilation ``d``) runs as a 2-tap convolution.
+
+    Output pixel ``o = s q + r`` of such a transposed convolution receives exactly two kernel
+    entries per axis, ``m(r)`` and ``s + m(r)``, from the inputs ``q + b(r)`` and ``q + b(r) - d``
+    (when ``d`` and ``s`` share no factor). So the layer equals a convolution with kernel 2, dilation
+    ``d`` and ``s^2 x width`` output channels (one per output phase ``(r_y, r_x)``), each phase read at its
+    own offset, then a pixel shuffle: the same multiply-adds, as one dense convolution instead of
+    a scatter (col2im) of ``(2s)^2`` taps.
+
+    Attributes
+    ----------
+    stride, dilation
+        ``s`` and ``d``.
+    kernel_index
+        ``m(r)`` for each output phase ``r = 0 .. s-1``.
+    offsets
+        ``off(r)``: output ``s q + r`` is position ``q + off(r)`` of the padded convolution's output.
+    padding
+        Zero padding of the 2-tap convolution.
+    """
+
+    stride: int
+    dilation: int
+    kernel_index: tuple[int, ...]
+    offsets: tuple[int, ...]
+    padding: int
+
+
+def transposed_phase_plan(stride: int, dilation: int, padding: int) -> PhasePlan:
+    """The :class:`PhasePlan` of a transposed convolution with kernel ``2 * stride`` that upsamples exactly.
+
+    With ``o + p = s i + d k`` and ``k = s j + m`` (``j`` in {0, 1}), output phase ``r = o mod s``
+    needs ``d m = r + p (mod s)``: ``m(r) = d^-1 (r + p) mod s``, and the inputs are
+    ``i = q + b(r) - d j`` with ``b(r) = (r + p - d m(r)) / s``.
+
+    Parameters
+    ----------
+    stride
+        ``s >= 2``.
+    dilation
+        ``d``, with no factor in common with ``s`` (DeepEM3D's 1, 5, 11, 17, 23 with even strides).
+    padding
+        ``p``; must be :func:`dilated_transposed_padding` ``(s, d)`` (output size ``s n``).
+
+    Returns
+    -------
+    PhasePlan
+
+    Raises
+    ------
+    ValueError
+        ``s < 2``, ``gcd(d, s) > 1`` (then a phase gets zero or several kernel entries) or a
+        padding that does not give ``s n`` outputs.
+
+    Examples
+    --------
+    >>> transposed_phase_plan(4, 1, 2)
+    PhasePlan(stride=4, dilation=1, kernel_index=(2, 3, 0, 1), offsets=(0, 0, 1, 1), padding=1)
+    """
+    s, d, p = int(stride), int(dilation), int(padding)
+    if s < 2:
+        raise ValueError(f"stride must be >= 2, got {s}")
+    if d < 1 or math.gcd(d, s) != 1:
+        raise ValueError(f"dilation {d} and stride {s} share a factor: a phase gets zero or several kernel entries")
+    if d * (2 * s - 1) + 1 - s != 2 * p:
+        raise ValueError(f"padding {p} does not make kernel {2 * s}, stride {s}, dilation {d} upsample exactly")
+    inv = pow(d, -1, s)
+    m = [((r + p) * inv) % s for r in range(s)]
+    b = [(r + p - d * mr) // s for r, mr in enumerate(m)]
+    pad = max(0, d - min(b), max(b))
+    return PhasePlan(s, d, tuple(m), tuple(v + pad - d for v in b), pad)
+
+
+def phase_kernel(weight: torch.Tensor, bias: torch.Tensor | None,
+                 plan: PhasePlan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A transposed convolution's ``(in, out, 2s, 2s)`` weight as the ``(out s^2, in, 2, 2)`` kernel of its plan.
+
+    Output channel ``(w, r_y, r_x)`` holds kernel entries ``(s j + m(r_y), s j' + m(r_x))`` of ``w``,
+    the taps flipped (``u = 1 - j``: a convolution reads forwards, a transposed one scatters). The
+    bias repeats over the ``s^2`` phases. Differentiable: the module keeps its transposed-convolution
+    parameters (checkpoints unchanged) and builds this kernel in every forward pass.
+    """
+    s = plan.stride
+    c_in, c_out = weight.shape[:2]
+    idx = torch.tensor(plan.kernel_index, device=weight.device)
+    k = weight.view(c_in, c_out, 2, s, 2, s).flip(2, 4).index_select(3, idx).index_select(5, idx)
+    k = k.permute(1, 3, 5, 0, 2, 4).reshape(c_out * s * s, c_in, 2, 2)
+    return k, None if bias is None else bias.repeat_interleave(s * s)
+
+
+def _read_phases(z: torch.Tensor, offsets: Sequence[int], n: int, phase_dim: int, space_dim: int) -> torch.Tensor:
+    """``out[.., r, .., q, ..] = z[.., r, .., q + offsets[r], ..]``: runs of equal offsets as one slice each."""
+    parts, r0 = [], 0
+    for r in range(1, len(offsets) + 1):
+        if r == len(offsets) or offsets[r] != offsets[r0]:
+            parts.append(z.narrow(phase_dim, r0, r - r0).narrow(space_dim, offsets[r0], n))
+            r0 = r
+    return parts[0] if len(parts) == 1 else torch.cat(parts, phase_dim)
+
+
+def phase_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, plan: PhasePlan) -> torch.Tensor:
+    """The plan's convolution read at each phase's offsets: ``(B, width s^2, H, W)``, before the pixel shuffle.
+
+    ``F.pixel_shuffle(phase_conv(...), s)`` is the transposed convolution's output ``(B, width, s H, s W)``;
+    phase maps of several branches of the same stride can be summed before one shuffle.
+    """
+    s, (h, w) = plan.stride, x.shape[-2:]
+    z = F.conv2d(x, kernel, bias, padding=plan.padding, dilation=plan.dilation)
+    z = z.unflatten(1, (-1, s, s))  # (B, width, r_y, r_x, Hz, Wz)
+    z = _read_phases(z, plan.offsets, h, 2, 4)
+    z = _read_phases(z, plan.offsets, w, 3, 5)
+    return z.flatten(1, 3)
+
+
+def upsample_transposed(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``conv(x)`` for a transposed convolution with kernel ``2s``, stride ``s`` that upsamples exactly,
+    computed as its :func:`transposed_phase_plan` (same function, several times faster on CPU).
+
+    Layers the plan cannot express (a dilation sharing a factor with the stride) run as they are.
+    """
+    plan = _plan_of(conv)
+    if plan is None:
+        return conv(x)
+    kernel, bias = phase_kernel(conv.weight, conv.bias, plan)
+    return F.pixel_shuffle(phase_conv(x, kernel, bias, plan), plan.stride)
+
+
+def _plan_of(conv: nn.ConvTranspose2d) -> PhasePlan | None:
+    s, d, p = conv.stride[0], conv.dilation[0], conv.padding[0]
+    square = conv.stride[1] == s and conv.dilation[1] == d and conv.padding[1] == p
+    if not square or conv.kernel_size != (2 * s, 2 * s) or conv.output_padding != (0, 0) or conv.groups != 1:
+        return None
+    try:
+        return transposed_phase_plan(s, d, p)
+    except ValueError:
+        return None
+
+
 class TapUpsampler(nn.Module):
     """One encoder tap to full resolution: bilinear-initialised deconv + dilated deconvs, summed, then a head.
+
+    The transposed convolutions keep their parameters (and checkpoint keys) but run as
+    :func:`phase_conv` with a pixel shuffle: the branches' phase maps are summed before one shuffle.
+    ``exact_reference=True`` runs them as ``nn.ConvTranspose2d`` instead (cemkit 0.1's formulation, for
+    tests and benchmarks).
 
     Parameters
     ----------
@@ -103,6 +250,7 @@ class TapUpsampler(nn.Module):
                  dilations: Sequence[int] = (), final_relu: bool = False):
         super().__init__()
         self.stride = int(stride)
+        self.transposed_reference = False
         if self.stride == 1:
             self.plain = nn.Conv2d(in_channels, width, kernel_size=1)
             self.dilated = nn.ModuleList()
@@ -129,11 +277,28 @@ class TapUpsampler(nn.Module):
             layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
         self.head = nn.Sequential(*layers)
 
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """The summed branches at full resolution, before the head."""
+        if self.stride == 1 or self.transposed_reference:
+            y = self.plain(x)
+            for conv in self.dilated:
+                y = y + conv(x)
+            return y
+        phases, rest = None, None
+        for conv in (self.plain, *self.dilated):
+            plan = _plan_of(conv)
+            if plan is None:
+                out = conv(x)
+                rest = out if rest is None else rest + out
+                continue
+            kernel, bias = phase_kernel(conv.weight, conv.bias, plan)
+            p = phase_conv(x, kernel, bias, plan)
+            phases = p if phases is None else phases + p
+        y = F.pixel_shuffle(phases, self.stride) if phases is not None else None
+        return rest if y is None else (y if rest is None else y + rest)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.plain(x)
-        for conv in self.dilated:
-            y = y + conv(x)
-        return self.head(y)
+        return self.head(self.upsample(x))
 
 
 class DeepEM3DDecoder(nn.Module):
@@ -192,6 +357,10 @@ class DeepEM3DSegmenter(nn.Module):
         2 for binary segmentation (1 logit channel, sigmoid), ``C > 2`` for multi-class (softmax).
     decoder_width, dilations, dilated_max_stride, final_relu
         Decoder settings (see :class:`DeepEM3DDecoder`).
+    tap_max_stride
+        Use only the encoder taps with stride <= this (``None``: all). The encoder's deeper stages
+        are pruned (not computed, no parameters): ``16`` drops resnet's stride-32 stage, about a
+        quarter of its multiply-adds and most of its parameters.
     encoder
         An already built encoder (for weight loading); created with
         :func:`cemkit.models.encoders.create_encoder` otherwise.
@@ -199,7 +368,7 @@ class DeepEM3DSegmenter(nn.Module):
 
     def __init__(self, arch: str = "resnet18", frames: int = 1, num_classes: int = 2, decoder_width: int | None = None,
                  dilations: Sequence[int] = DEFAULT_DILATIONS, dilated_max_stride: int = 8,
-                 final_relu: bool = False, encoder: nn.Module | None = None):
+                 final_relu: bool = False, encoder: nn.Module | None = None, tap_max_stride: int | None = None):
         super().__init__()
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
@@ -213,11 +382,17 @@ class DeepEM3DSegmenter(nn.Module):
         if not hasattr(encoder, "forward_intermediates"):
             raise ValueError(f"timm encoder {arch!r} has no forward_intermediates(); choose another arch")
         info = list(encoder.feature_info)
+        if tap_max_stride is not None:
+            info = [f for f in info if int(f["reduction"]) <= int(tap_max_stride)]
+            if not info:
+                raise ValueError(f"tap_max_stride={tap_max_stride} keeps none of {arch}'s taps "
+                                 f"(strides {[int(f['reduction']) for f in encoder.feature_info]})")
         self.tap_modules = [f["module"] for f in info]
         self.strides = [int(f["reduction"]) for f in info]
         channels = [int(f["num_chs"]) for f in info]
         self.n_taps = len(info)
-        encoder.prune_intermediate_layers(indices=self.n_taps, prune_norm=True, prune_head=True)
+        self.tap_indices = list(range(self.n_taps))  # the first n_taps stages (an int would mean the last n)
+        encoder.prune_intermediate_layers(indices=self.tap_indices, prune_norm=True, prune_head=True)
         self.encoder = encoder
         self.out_channels = 1 if self.num_classes == 2 else self.num_classes
         self.decoder = DeepEM3DDecoder(channels, self.strides, self.out_channels, decoder_width,
@@ -226,6 +401,7 @@ class DeepEM3DSegmenter(nn.Module):
             "arch": arch, "frames": self.frames, "num_classes": self.num_classes,
             "decoder_width": decoder_width, "dilations": [int(d) for d in dilations],
             "dilated_max_stride": int(dilated_max_stride), "final_relu": bool(final_relu),
+            "tap_max_stride": None if tap_max_stride is None else int(tap_max_stride),
         }
         self._frozen: list[str] = []
 
@@ -250,7 +426,7 @@ class DeepEM3DSegmenter(nn.Module):
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        feats = self.encoder.forward_intermediates(x, indices=self.n_taps, intermediates_only=True)
+        feats = self.encoder.forward_intermediates(x, indices=self.tap_indices, intermediates_only=True)
         logits, taps = self.decoder(feats)
         if ph or pw:
             logits = logits[..., :h, :w]
