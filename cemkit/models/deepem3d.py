@@ -192,10 +192,11 @@ def phase_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,
     """
     s, (h, w) = plan.stride, x.shape[-2:]
     z = F.conv2d(x, kernel, bias, padding=plan.padding, dilation=plan.dilation)
-    z = z.unflatten(1, (-1, s, s))  # (B, width, r_y, r_x, Hz, Wz)
+    # (B, width, r_y, r_x, Hz, Wz); reshape with explicit sizes, not unflatten: ONNX needs the rank
+    z = z.reshape(z.shape[0], kernel.shape[0] // (s * s), s, s, z.shape[-2], z.shape[-1])
     z = _read_phases(z, plan.offsets, h, 2, 4)
     z = _read_phases(z, plan.offsets, w, 3, 5)
-    return z.flatten(1, 3)
+    return z.reshape(z.shape[0], kernel.shape[0], h, w)
 
 
 def upsample_transposed(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
