@@ -42,6 +42,7 @@ bench: $(DEV)
 	$(PY) scripts/bench_curate.py
 	$(PY) scripts/bench_pretrain.py
 	$(PY) scripts/bench_predict.py
+	$(PY) scripts/bench_finetune_step.py
 	$(PY) scripts/bench_demo_threads.py
 	$(PY) scripts/bench_watershed.py
 

@@ -13,10 +13,12 @@ is a forward pass without gradients. Rows:
   shuffle, channels_last;
 - ``cemkit bf16``: the same, under bf16 autocast (``trainer.precision=bf16-mixed``);
 - ``cemkit bf16 no-s32``: ``model.tap_max_stride=16`` (no stride-32 stage), bf16;
-- ``smp fp32`` / ``smp bf16``: ``segmentation_models_pytorch.Unet("tu-resnet18")``, channels_last.
+- ``smp fp32`` / ``smp bf16``: ``segmentation_models_pytorch.Unet("tu-resnet18")``, channels_last;
+- ``encoder only bf16``: resnet18's forward and backward alone, the floor of any decoder.
 
 Prints the median img/s of each row, then ``ratio ... previous: N.NNx`` and ``ratio ... smp: N.NNx``
-lines (cemkit's step against the previous step, and against smp's at the same precision).
+lines (cemkit's step against the previous step, and against smp's at the same precision), and how far
+the encoder-only floor is ahead of cemkit's step.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def _smp(frames: int):
     return smp.Unet("tu-resnet18", encoder_weights=None, in_channels=frames, classes=1)
 
 
+class _EncoderOnly(torch.nn.Module):
+    """The floor: resnet18's forward and backward alone (its deepest map as a 1-channel "output")."""
+
+    def __init__(self, frames: int):
+        super().__init__()
+        import timm
+
+        torch.manual_seed(0)
+        self.encoder = timm.create_model("resnet18", in_chans=frames, num_classes=0, global_pool="")
+
+    def forward(self, x):
+        return self.encoder(x).mean(1, keepdim=True)
+
+
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: oneDNN primitive creation
     times = []
@@ -60,7 +76,9 @@ def _median_seconds(fn, repeats: int) -> float:
 def measure(model, frames: int, batch: int, size: int, bf16: bool, channels_last: bool, repeats: int):
     """``(train img/s, inference img/s)`` medians."""
     x = torch.randn(batch, frames, size, size)
-    y = (torch.rand(batch, 1, size, size) > 0.9).float()
+    with torch.no_grad():
+        out = model.eval()(x[:1])
+    y = (torch.rand(batch, *out.shape[1:]) > 0.9).float()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -107,6 +125,7 @@ def main() -> None:
             "cemkit bf16 no-s32": (lambda: _cemkit(frames, tap_max_stride=16), True, True),
             "smp fp32": (lambda: _smp(frames), False, True),
             "smp bf16": (lambda: _smp(frames), True, True),
+            "encoder only bf16": (lambda: _EncoderOnly(frames), True, True),
         }
         speed = {}
         print(f"\n{frames}fm            train img/s   inference img/s")
@@ -115,11 +134,13 @@ def main() -> None:
             print(f"  {name:<22} {speed[name][0]:>8.2f}   {speed[name][1]:>10.2f}", flush=True)
         prev = speed["previous (0.1, fp32)"][0]
         for name in ("cemkit fp32", "cemkit bf16", "cemkit bf16 no-s32"):
-            print(f"ratio {frames}fm train {name} / previous: {speed[name][0] / prev:.2f}x")
+            print(f"ratio {frames}fm train {name} vs previous: {speed[name][0] / prev:.2f}x")
         for name, peer in (("cemkit fp32", "smp fp32"), ("cemkit bf16", "smp bf16")):
-            print(f"ratio {frames}fm train {name} / {peer}: {speed[name][0] / speed[peer][0]:.2f}x "
+            print(f"ratio {frames}fm train {name} vs {peer.split()[1]} smp: {speed[name][0] / speed[peer][0]:.2f}x "
                   f"(inference {speed[name][1] / speed[peer][1]:.2f}x)")
-
+        floor = speed["encoder only bf16"][0]
+        print(f"ratio {frames}fm train encoder-only floor vs cemkit bf16: {floor / speed['cemkit bf16'][0]:.2f}x "
+              f"(no-s32: {floor / speed['cemkit bf16 no-s32'][0]:.2f}x)")
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,9 @@
    split, two slices of gap after the training slices; ``cemkit evaluate`` against their labels.
 3. The pooled IoU of the best model on the five CEM500K mitochondria patches (other labs' EM), each
    patch predicted whole as a single slice (1fm) or as ``k`` copies of itself (3fm / 5fm).
+4. False-positive objects on the test slices: predicted 2D objects (>= 100 px) that touch no labelled
+   mitochondrion, and how many of them are dark (mean grey value at most the median of the labelled
+   mitochondria): the myelin and other dark structures a "dark means mitochondrion" model marks.
 
 Prints one line ``NAME: test IoU ... | cem500k IoU ... | minutes ...`` and appends it, with the
 command, to ``outputs/recipes/results.csv``. The split folders are symbolic links made in
@@ -70,6 +73,33 @@ def cem500k_iou(checkpoint_folder: Path) -> float:
     return inter / max(1, union)
 
 
+def false_positive_objects(prediction: Path, images: Path, labels: Path, min_px: int = 100) -> tuple[int, int]:
+    """``(all, dark)`` predicted 2D objects of at least ``min_px`` pixels that touch no labelled object."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from cemkit.evaluate.sources import open_prediction
+
+    pred = open_prediction(prediction)
+    probs = np.asarray(pred.volume[:], dtype=np.float32) * pred.scale
+    image = np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted(images.glob("*.png"))])
+    truth = np.stack([np.asarray(Image.open(p)) > 0 for p in sorted(labels.glob("*.png"))])
+    level = np.median(image[truth])
+    total = dark = 0
+    for z in range(len(image)):
+        objects, n = ndimage.label(probs[z] > 0.5)
+        if n == 0:
+            continue
+        index = np.arange(1, n + 1)
+        size = ndimage.sum_labels(np.ones_like(objects), objects, index)
+        hits = ndimage.maximum(truth[z], objects, index)
+        grey = ndimage.mean(image[z], objects, index)
+        wrong = (size >= min_px) & (hits == 0)
+        total += int(wrong.sum())
+        dark += int((wrong & (grey <= level)).sum())
+    return total, dark
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
@@ -89,20 +119,22 @@ def main(argv: list[str]) -> None:
     pixel = metrics.get("pixel", metrics)
     test_iou, precision, recall = (float(pixel[k]) for k in ("iou", "precision", "recall"))
     patches = cem500k_iou(run)
+    fp_all, fp_dark = false_positive_objects(run / "predict_test", test_images, test_labels)
     results = [json.loads(p.read_text()) for p in sorted(run.glob("*fm/result.json"))]
     steps = "/".join(str(r.get("steps")) for r in results)
     val = "/".join(f"{r['best_iou']:.3f}" for r in results if r.get("best_iou") is not None)
     line = (f"{name}: test IoU {test_iou:.4f} (precision {precision:.3f}, recall {recall:.3f}) | "
-            f"cem500k IoU {patches:.4f} | val IoU {val} | steps {steps} | finetune {minutes:.1f} min")
+            f"cem500k IoU {patches:.4f} | false-positive objects {fp_all} ({fp_dark} dark) | val IoU {val} | steps {steps} | finetune {minutes:.1f} min")
     print(line, flush=True)
     table = OUT / "results.csv"
     new = not table.is_file()
     with open(table, "a", newline="") as fh:
         writer = csv.writer(fh)
         if new:
-            writer.writerow(["name", "test_iou", "precision", "recall", "cem500k_iou", "val_iou", "steps",
+            writer.writerow(["name", "test_iou", "precision", "recall", "cem500k_iou", "fp_objects", "fp_dark",
+                             "val_iou", "steps",
                              "finetune_min", "overrides"])
-        writer.writerow([name, f"{test_iou:.4f}", f"{precision:.3f}", f"{recall:.3f}", f"{patches:.4f}", val, steps,
+        writer.writerow([name, f"{test_iou:.4f}", f"{precision:.3f}", f"{recall:.3f}", f"{patches:.4f}", fp_all, fp_dark, val, steps,
                          f"{minutes:.1f}", " ".join(overrides)])
 
 

@@ -536,3 +536,22 @@ def test_interrupted_frames_all_skips_finished_and_resumes_3fm(tmp_path, synthet
     assert (tmp_path / "1fm" / "last.ckpt").stat().st_mtime_ns == stamp
     r3 = json.loads((tmp_path / "3fm" / "result.json").read_text())
     assert r3["steps"] == 4 and [h["step"] for h in r3["history"]] == [2, 4]
+
+
+def test_val_slices_zero_trains_on_every_slice_and_keeps_the_final_model(tmp_path):
+    vol = LabelledVolume(np.zeros((6, 8, 8), np.uint8), np.zeros((6, 8, 8), np.uint8), np.arange(6), "v")
+    train, monitor = split_validation(vol, 0)
+    assert train.slices.tolist() == [0, 1, 2, 3, 4, 5] and monitor.slices.tolist() == [4, 5]
+    with pytest.raises(InputError, match="between 0 and 5"):
+        split_validation(vol, 6)
+
+    img, lab = _write_pair(tmp_path, shape=(6, 96, 96))
+    out = tmp_path / "all"
+    assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+                "data.val_slices=0", "trainer.max_steps=20", "val.every=10", f"output={out}"]) == 0
+    result = json.loads((out / "1fm" / "result.json").read_text())
+    assert result["held_out_validation"] is False and result["best_iou"] is None
+    assert [h["step"] for h in result["history"]] == [10, 20]
+    best = torch.load(out / "1fm" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    last = torch.load(out / "1fm" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)  # the final model

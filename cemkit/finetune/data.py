@@ -167,12 +167,21 @@ def read_labelled_volume(images: str | Path, labels: str | Path, num_classes: in
     return LabelledVolume(image, label, np.arange(n), ivol.name)
 
 
+MONITOR_SLICES = 2  # data.val_slices=0: the last slices, trained on too, are validated to monitor the fit
+
+
 def split_validation(vol: LabelledVolume, val_slices: int) -> tuple[LabelledVolume, LabelledVolume]:
-    """Use the last ``val_slices`` labelled slices for validation, the others for training."""
+    """Use the last ``val_slices`` labelled slices for validation, the others for training.
+
+    ``val_slices=0`` trains on every slice and validates on the last :data:`MONITOR_SLICES` of them
+    (a measure of the fit, not of generalisation: nothing is held out).
+    """
     n = len(vol.slices)
+    if val_slices == 0:
+        return vol, vol.subset(vol.slices[max(0, n - MONITOR_SLICES):])
     if not 0 < val_slices < n:
         raise InputError(f"{vol.name}: cannot hold out {val_slices} of {n} labelled slices for validation "
-                         f"(set data.val_slices between 1 and {n - 1}, or give data.val_images / data.val_labels)")
+                         f"(set data.val_slices between 0 and {n - 1}, or give data.val_images / data.val_labels)")
     return vol.subset(vol.slices[: n - val_slices]), vol.subset(vol.slices[n - val_slices:])
 
 

@@ -47,6 +47,7 @@ class FinetuneData:
 
     train: list[LabelledVolume]
     val: list[LabelledVolume]
+    held_out: bool = True  # False: the validation slices are trained on too (data.val_slices=0)
 
 
 def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
@@ -61,12 +62,17 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
                                    frames=frames, image_key=data_cfg.get("image_key"),
                                    label_key=data_cfg.get("label_key"))
         train = vol
+        held_out = True
     else:
+        held_out = int(data_cfg.val_slices) != 0
         train, val = split_validation(vol, int(data_cfg.val_slices))
+        if not held_out:
+            log.info("data.val_slices=0: training on all %d labelled slices; validation on the last %d of them "
+                     "only monitors the fit, and best.ckpt is the final model", len(train.slices), len(val.slices))
     fraction = data_cfg.get("train_fraction")
     if fraction is not None and float(fraction) < 1.0:
         train = subsample_slices(train, float(fraction))
-    return FinetuneData([train], [val])
+    return FinetuneData([train], [val], held_out)
 
 
 def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:
@@ -255,8 +261,10 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     module = SegmentationModule(model, loss, meta, dict(plain(cfg.optim)), total, hparams=hparams,
                                 overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")
 
-    # best.ckpt is the model (weights, config, norms: a third of the size); last.ckpt is the resume point
-    ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou", mode="max", save_top_k=1,
+    # best.ckpt is the model (weights, config, norms: a third of the size); last.ckpt is the resume point.
+    # Without held-out slices (data.val_slices=0) no validation can choose: best.ckpt is the latest model.
+    ckpt_cb = ModelCheckpoint(dirpath=str(out_dir), filename="best", monitor="val/iou" if data.held_out else None,
+                              mode="max", save_top_k=1,
                               save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
                               save_on_train_epoch_end=False, save_weights_only=True)
     # last.ckpt after every val.last_every-th validation and the last one (save_last=True on the callback
@@ -290,8 +298,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     if prior_rows:
         _prepend_csv_rows(csv_path, prior_rows)
 
-    best = ckpt_cb.best_model_score
+    best = ckpt_cb.best_model_score if data.held_out else None
     result = {"frames": frames, "steps": int(trainer.global_step), "best_iou": None if best is None else float(best),
+              "held_out_validation": data.held_out,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
               "history": module.history, "norms": list(norms), "init": meta["init"], "init_kind": init.kind,
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
@@ -538,6 +547,12 @@ def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequen
     lines = [f"cemkit finetune -> {out}"]
     for f, r in results.items():
         best = r.get("best_iou")
-        lines.append(f"  {f}fm: best val IoU {best:.4f} after {r.get('steps')} steps -> {r.get('best_checkpoint')}"
-                     if best is not None else f"  {f}fm: {r.get('steps')} steps (no validation) -> {r.get('last_checkpoint')}")
+        if best is not None:
+            lines.append(f"  {f}fm: best val IoU {best:.4f} after {r.get('steps')} steps -> {r.get('best_checkpoint')}")
+        elif r.get("held_out_validation") is False and r.get("history"):
+            fit = r["history"][-1].get("iou", float("nan"))
+            lines.append(f"  {f}fm: {r.get('steps')} steps, IoU {fit:.4f} on trained slices (nothing held out) "
+                         f"-> {r.get('best_checkpoint')}")
+        else:
+            lines.append(f"  {f}fm: {r.get('steps')} steps (no validation) -> {r.get('last_checkpoint')}")
     return lines
