@@ -1,6 +1,7 @@
 """Score a finetune recipe on real EM, as a user would run it: finetune, predict, evaluate.
 
     python scripts/real_em_recipe.py NAME [finetune overrides ...]
+    python scripts/real_em_recipe.py --dark-slices     # which slices are richest in dark non-mitochondria
 
 1. ``cemkit finetune`` on CDeep3M slices 010-021 (``data.val_slices=2``: 020-021 choose ``best.ckpt``
    and are the only slices a recipe is chosen on) into ``outputs/recipes/NAME``.
@@ -100,9 +101,26 @@ def false_positive_objects(prediction: Path, images: Path, labels: Path, min_px:
     return total, dark
 
 
+def dark_slices() -> None:
+    """Print, per labelled slice, the fraction of pixels that are dark (at most the median grey value of
+    the slice's mitochondria) and at least 8 px away from any mitochondrion: myelin, membranes, dark
+    cytoplasm. The test split 024-029 holds the six richest slices (the hard split)."""
+    from PIL import Image
+    from scipy import ndimage
+
+    for z in (*TRAIN_Z, 22, 23, *TEST_Z):
+        image = np.asarray(Image.open(STACK / "images" / f"images.{z:03d}.png").convert("L"))
+        label = np.asarray(Image.open(STACK / "labels" / f"mitos_3D.{z:03d}.png")) > 0
+        dark = (image <= np.median(image[label])) & ~ndimage.binary_dilation(label, iterations=8)
+        print(f"{z:03d}  dark non-mitochondrial fraction {dark.mean():.4f}  mitochondria {label.mean():.3f}")
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
+    if argv[0] == "--dark-slices":
+        dark_slices()
+        return
     name, overrides = argv[0], argv[1:]
     train_images, train_labels = split("train_010-021", TRAIN_Z)
     test_images, test_labels = split("test_024-029", TEST_Z)

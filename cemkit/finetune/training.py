@@ -307,7 +307,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     if budget is not None:
         result["budget"] = {"seconds": budget.seconds, "step_seconds": budget.step_s, "planned_steps": budget.total,
                             "elapsed": round(budget.elapsed(), 1)}
-    _write_json(out_dir / RESULT_FILE, result)
+    if trainer.is_global_zero:  # under DDP every rank has the result; one writes it
+        _write_json(out_dir / RESULT_FILE, result)
     return result
 
 

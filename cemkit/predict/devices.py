@@ -77,6 +77,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """``True`` on every rank when ``flag`` is true on at least one (``flag`` itself in a single process).
+
+    One collective decision, so that no rank acts on a view of the run that the others do not share.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def shutdown_distributed() -> None:
     """Leave the process group (after the last barrier)."""
     import torch.distributed as dist

@@ -278,7 +278,9 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     log = ProgressLog(output / progress_name, signature, resume=s.resume)
     if log.resumed:
         logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
-    fresh = not log.resumed
+    # one decision for all ranks: a run is resumed when any rank had finished work. (Decided per rank,
+    # rank 0 with nothing finished would wipe the arrays while another rank skipped its written slabs.)
+    fresh = not devices.any_rank(log.resumed, device if device.type == "cuda" else "cpu")
     work = output if s.output_format == "zarr" else output / ".work"
     vs = vol.voxel_size
 
