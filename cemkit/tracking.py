@@ -94,6 +94,8 @@ def log_images(logger, key: str, images: Sequence[np.ndarray], *, fallback_dir: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cemkit.io.atomic import atomic_path
+
     cols = 1 + (len(masks[0]) if masks else 0)
     rows = len(images)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
@@ -111,8 +113,7 @@ def log_images(logger, key: str, images: Sequence[np.ndarray], *, fallback_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = key.replace("/", "_") + (f"_step{step:06d}" if step is not None else "") + ".png"
     path = out_dir / name
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, keep_suffix=True) as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

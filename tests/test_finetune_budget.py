@@ -105,7 +105,8 @@ def test_a_time_budget_ends_the_schedule_when_the_time_ends(pair, tmp_path):
     out = tmp_path / "run"
     budget = 25.0
     assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
-                f"trainer.max_time={budget}", "trainer.max_steps=100000", "val.every=10", f"output={out}"]) == 0
+                f"trainer.max_time={budget}", "trainer.max_steps=100000", "val.every=10",
+                "trainer.log_every_n_steps=1", f"output={out}"]) == 0
     result = json.loads((out / "1fm" / "result.json").read_text())
     plan = result["budget"]
     assert plan["seconds"] == budget

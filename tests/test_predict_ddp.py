@@ -56,7 +56,7 @@ def test_a_resume_with_rank_1_ahead_of_rank_0_equals_an_uninterrupted_run(tmp_pa
     state = json.loads(rank0.read_text())
     rank0.write_text(json.dumps({**state, "done": []}))
     for name in ("probabilities", "mask"):
-        arr = zarr.open(str(out / f"{name}.zarr"), mode="r+")
+        arr = zarr.open_group(str(out / f"{name}.zarr"), mode="r+")["0"]  # OME-Zarr: the full-resolution level
         arr[0:2] = 0
         arr[4:6] = 0
     _torchrun_predict(out, args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from cemkit.curate.filtering import HeuristicThresholds, heuristic_reasons
 from cemkit.curate.source_work import PLANE_CODES, CurateParams, SourceResult
 from cemkit.curate.sources import Source
 from cemkit.errors import ConfigError, InputError
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
     if shard_tmp.exists():
         shutil.rmtree(shard_tmp)
     counts: dict = {}
-    manifest_tmp = out / (corpus_io.MANIFEST + ".tmp")
-    with corpus_io.ShardWriter(out, params.patch_size, shard_size) as writer, \
+    # the manifest is renamed into place after the shard writer has flushed its last shard
+    with atomic_path(out / corpus_io.MANIFEST) as manifest_tmp, \
+            corpus_io.ShardWriter(out, params.patch_size, shard_size) as writer, \
             manifest_tmp.open("w", newline="") as mf:
         w = csv.writer(mf)
         w.writerow(MANIFEST_FIELDS)
@@ -188,7 +189,6 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
                                "kept": int(keep.sum()),
                                "dropped": {str(u): int(c) for u, c in zip(uniq, cnt)},
                                "items": len(items), "planes": st.done["planes"]}
-    os.replace(manifest_tmp, out / corpus_io.MANIFEST)
     totals = {"sources": len(sources), "sources_curated": len(tables), "sources_failed": len(failed),
               "patches": sum(c["patches"] for c in counts.values()),
               "exemplars": sum(c["exemplars"] for c in counts.values()),

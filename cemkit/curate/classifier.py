@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -157,17 +158,14 @@ class PatchClassifier:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def save(self, path: str | Path) -> None:
-        import os
-
         import torch
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": FORMAT, "version": 1, "arch": self.arch, "input_size": self.input_size,
-                    "norms": [self.mean, self.std],
-                    "metrics": {k: float(v) for k, v in self.metrics.items() if v is not None},
-                    "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}}, tmp)
-        os.replace(tmp, path)
+        blob = {"format": FORMAT, "version": 1, "arch": self.arch, "input_size": self.input_size,
+                "norms": [self.mean, self.std],
+                "metrics": {k: float(v) for k, v in self.metrics.items() if v is not None},
+                "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchClassifier:

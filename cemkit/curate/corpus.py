@@ -19,7 +19,6 @@ are needed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path, atomic_write_json
 
 FORMAT = "cemkit-corpus"
 VERSION = 1
@@ -79,9 +79,8 @@ class ShardWriter:
             return
         name = shard_name(len(self.shards))
         final = self.root / name
-        tmp = final.with_name(final.name + ".tmp.npy")
-        np.save(tmp, self._buf[: self._n])
-        os.replace(tmp, final)
+        with atomic_path(final, keep_suffix=True) as tmp:  # np.save appends .npy to other names
+            np.save(tmp, self._buf[: self._n])
         self.shards.append((name, self._n))
         self._n = 0
 
@@ -110,10 +109,7 @@ class ShardWriter:
 
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2, sort_keys=False)
 
 
 @dataclass

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cemkit.io.atomic import atomic_write_text
 
 MAX_GRID = 16
 
@@ -183,8 +184,4 @@ def write_report(out: Path, tables, reasons, probs, meta: dict, settings, seed: 
              "border:3px solid transparent}figure.ex img{border-color:#2a2}</style>")
     doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cemkit curate report</title>{style}</head><body>" \
           + "\n".join(parts) + "</body></html>"
-    path = Path(out) / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out) / "report.html", doc)

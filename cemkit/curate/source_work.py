@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from cemkit.curate.sections import (
 )
 from cemkit.curate.sources import Source
 from cemkit.errors import CemkitError, InputError
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,8 @@ def _slice_files(source: Source, vol) -> list[str] | None:
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # np.savez appends .npz to other names
+        np.savez(tmp, **arrays)
 
 
 def _sections_of(vol, source: Source, params: CurateParams):
@@ -248,14 +247,12 @@ def process_source(source: Source, params: CurateParams, work_root: str | Path,
     stored[ex_idx] = np.arange(len(ex_idx))
     table["stored"] = stored
     # exemplars, in cutting order
-    ex_path = out / "exemplars.npy"
-    ex_tmp = out / "exemplars.tmp.npy"
-    ex_arr = open_memmap(ex_tmp, mode="w+", dtype=np.uint8, shape=(len(ex_idx), P, P))
-    for s in range(0, len(ex_idx), 1024):
-        ex_arr[s:s + 1024] = scratch[ex_idx[s:s + 1024]]
-    ex_arr.flush()
-    del ex_arr
-    os.replace(ex_tmp, ex_path)
+    with atomic_path(out / "exemplars.npy") as ex_tmp:
+        ex_arr = open_memmap(ex_tmp, mode="w+", dtype=np.uint8, shape=(len(ex_idx), P, P))
+        for s in range(0, len(ex_idx), 1024):
+            ex_arr[s:s + 1024] = scratch[ex_idx[s:s + 1024]]
+        ex_arr.flush()
+        del ex_arr
     # a few duplicate groups for the report (largest first), 2x downsampled
     samples = _duplicate_samples(scratch, res, params)
     del scratch

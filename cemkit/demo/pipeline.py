@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.demo.stages import StageRun, run_stage
+from cemkit.io.atomic import atomic_write_json
 
 if TYPE_CHECKING:
     from cemkit.demo.branches import BranchSpec
@@ -122,10 +122,7 @@ def run_demo(cfg: DictConfig) -> DemoResult:
         result.runs.extend(runs)
         result.metrics[init] = metrics
 
-    summary = out / "demo.json"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2, default=_json_default))
-    os.replace(tmp, summary)
+    atomic_write_json(out / "demo.json", result.to_json(), indent=2, default=_json_default)
     return result
 
 

@@ -7,13 +7,13 @@ import csv
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from cemkit.demo.pipeline import INITS, MODELS, DemoResult
 from cemkit.finetune.training import TRUNK_FOLDER, read_result
+from cemkit.io.atomic import atomic_write_text
 
 TABLE_METRICS = ("iou", "dice", "precision", "recall", "v_rand", "v_info", "object_f1")
 
@@ -259,8 +259,4 @@ def write_report(result: DemoResult) -> Path:
     parts.append("<h2>7. Commands (equivalent CLI calls) and their time [s]</h2><table>" + rows + "</table>")
     parts.append("</body></html>")
 
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "report.html", "\n".join(parts))

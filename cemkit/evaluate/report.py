@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
+
+from cemkit.io.atomic import atomic_write_text
 
 PIXEL_ROWS = ("iou", "dice", "precision", "recall", "accuracy", "specificity")
 RAND_ROWS = (("rand", "v_rand"), ("rand", "v_rand_split"), ("rand", "v_rand_merge"),
@@ -73,11 +73,4 @@ def write_json(path: str | Path, data: dict) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -28,6 +28,7 @@ from cemkit.errors import CemkitError, ConfigError
 from cemkit.export.check import ExportCheckError
 from cemkit.export.onnx import export_onnx
 from cemkit.export.torchscript import export_torchscript
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -219,21 +220,20 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
             inputs=[inp], outputs=[out],
             weights=spec.WeightsDescr(**weights),
         )
-        staged = work / (path.name if path.suffix == ".zip" else "package")
-        if path.suffix == ".zip":
-            save_bioimageio_package(descr, output_path=staged)
-        else:
-            save_bioimageio_package_as_folder(descr, output_path=staged)
-        summary = test_model(staged if path.suffix == ".zip" else staged / "rdf.yaml",
-                             devices=["cpu"])
-        if summary.status != "passed":
-            raise ExportCheckError(f"the bioimage.io package for {source or 'the model'} failed "
-                                   f"validation:\n{summary.format()}")
-        logger.info("bioimage.io package validated by bioimageio.core %s (status %s)",
-                    _version(), summary.status)
-        if path.exists() and path.is_dir():
-            shutil.rmtree(path)
-        os.replace(staged, path)
+        # the package is staged next to ``path`` and renamed into place once validated (a
+        # package folder replaces an existing folder); a failed validation deletes it
+        with atomic_path(path, keep_suffix=True) as staged:
+            if path.suffix == ".zip":
+                save_bioimageio_package(descr, output_path=staged)
+            else:
+                save_bioimageio_package_as_folder(descr, output_path=staged)
+            summary = test_model(staged if path.suffix == ".zip" else staged / "rdf.yaml",
+                                 devices=["cpu"])
+            if summary.status != "passed":
+                raise ExportCheckError(f"the bioimage.io package for {source or 'the model'} failed "
+                                       f"validation:\n{summary.format()}")
+            logger.info("bioimage.io package validated by bioimageio.core %s (status %s)",
+                        _version(), summary.status)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote bioimage.io package %s", path)

@@ -20,6 +20,7 @@ from cemkit.errors import CemkitError
 from cemkit.export.check import check_inputs, compare
 from cemkit.export.metadata import export_metadata
 from cemkit.export.scripting import reference_output, script_segmenter
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -51,8 +52,7 @@ def export_onnx(model, meta: dict[str, Any], path: str | os.PathLike, *, tile: i
     side = max(stride, -(-int(tile) // stride) * stride)
     example = torch.zeros(1, int(model.frames), side, side)
     info = export_metadata(model, meta, output, source)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # a failed check deletes the temporary file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but exact
             torch.onnx.export(
@@ -74,9 +74,6 @@ def export_onnx(model, meta: dict[str, Any], path: str | os.PathLike, *, tile: i
                 lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0],
                 check_inputs(int(model.frames), tile, stride), tolerance,
                 f"ONNX export of {source or 'the model'}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote ONNX model %s (opset %d)", path, opset)
     return path
 

@@ -17,6 +17,7 @@ import torch
 from cemkit.export.check import check_inputs, compare
 from cemkit.export.metadata import export_metadata
 from cemkit.export.scripting import reference_output, script_segmenter
+from cemkit.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 EXTRA_FILE = "cemkit.json"
@@ -35,17 +36,13 @@ def export_torchscript(model, meta: dict[str, Any], path: str | os.PathLike, *, 
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted = script_segmenter(model, tile=tile, output=output)
     info = export_metadata(model, meta, output, source)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # a failed check deletes the temporary file
         torch.jit.save(scripted, str(tmp), _extra_files={EXTRA_FILE: json.dumps(info, indent=1)})
         loaded = torch.jit.load(str(tmp), map_location="cpu")
         with torch.no_grad():
             compare(lambda x: reference_output(model, x, output), loaded,
                     check_inputs(int(model.frames), tile, int(model.max_stride)), tolerance,
                     f"TorchScript export of {source or 'the model'}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote TorchScript model %s", path)
     return path
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path
 
 FORMAT = "cemkit-segmenter"
 VERSION = 1
@@ -139,7 +140,6 @@ def save_segmenter(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {"cemkit": segmenter_entry(model, meta),
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path

@@ -401,22 +401,22 @@ def _prepend_csv_rows(path: Path, prior: list[dict[str, str]]) -> None:
     """Put the ``prior`` rows with a step before the first step of ``path``'s rows in front of them."""
     import csv
 
+    from cemkit.io.atomic import atomic_path
+
     new = _read_csv(path)
     first = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
     kept = [r for r in prior if first is None or (r.get("step") and int(float(r["step"])) < first)]
     fields = list(dict.fromkeys([k for r in (*kept, *new) for k in r]))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows([*kept, *new])
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from cemkit.io.atomic import atomic_write_json
+
+    atomic_write_json(path, obj, indent=2, default=str)
 
 
 def frames_list(value: Any) -> list[int]:

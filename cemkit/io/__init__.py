@@ -4,9 +4,16 @@
 >>> vol = open_volume("stack.tif")          # doctest: +SKIP
 >>> vol.shape, vol.voxel_size, vol[0:2].shape  # doctest: +SKIP
 
-See docs/data_formats.md for the formats and conversion rules.
+See docs/data_formats.md for the formats and conversion rules. :mod:`cemkit.io.atomic` holds the
+atomic-write helpers (temporary sibling renamed into place) that every cemkit output goes through.
 """
 
+from cemkit.io.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from cemkit.io.intensity import (
     Uint8View,
     estimate_percentiles,
@@ -28,6 +35,10 @@ __all__ = [
     "ArrayVolume",
     "Uint8View",
     "Volume",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "create_zarr",
     "estimate_percentiles",
     "open_volume",

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path
 from cemkit.io.volume import Volume
 from cemkit.io.zarr_store import store_name
 
@@ -35,40 +33,13 @@ _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing directory at ``path`` is replaced."""
-    if path.is_dir() and not path.is_symlink():
-        old = _tmp_sibling(path)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it to ``path`` on success, delete it on failure."""
+    """Create ``path``'s folder, then :func:`~cemkit.io.atomic.atomic_path` (temporary sibling,
+    renamed into place on success, deleted on failure; a folder replaces an existing folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         yield tmp
-        _move_into_place(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 class _Source:

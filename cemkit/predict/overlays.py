@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cemkit.io.atomic import atomic_path
 
 
 def overlay_slices(depth: int, count: int) -> list[int]:
@@ -39,8 +40,7 @@ def write_overlays(raw, labels, folder: str | Path, count: int = 4, alpha: float
     for z in overlay_slices(depth, count):
         rgb = overlay_rgb(np.asarray(raw[z:z + 1])[0], np.asarray(labels[z:z + 1])[0], alpha)
         path = folder / f"{prefix}{z:0{digits}d}.png"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
         paths.append(path)
     return paths

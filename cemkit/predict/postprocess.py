@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cemkit.io.atomic import atomic_path
 from cemkit.predict.streaming import slab_ranges
 
 logger = logging.getLogger(__name__)
@@ -333,14 +333,12 @@ def write_table_csv(path: str | Path, table: dict[str, np.ndarray], voxel_size: 
         extra = {"volume_nm3": table["voxels"] * vz * vy * vx,
                  "centroid_z_nm": table["centroid_z"] * vz, "centroid_y_nm": table["centroid_y"] * vy,
                  "centroid_x_nm": table["centroid_x"] * vx}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns + list(extra))
         for i in range(rows):
             row = [_fmt(table[c][i]) for c in columns] + [_fmt(extra[c][i]) for c in extra]
             writer.writerow(row)
-    os.replace(tmp, path)
     return path
 
 

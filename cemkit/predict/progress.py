@@ -9,9 +9,10 @@ different signature starts afresh.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from cemkit.io.atomic import atomic_write_json
 
 
 class ProgressLog:
@@ -48,6 +49,4 @@ class ProgressLog:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"signature": self.signature, "done": sorted(self.done)}, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, {"signature": self.signature, "done": sorted(self.done)}, indent=1)

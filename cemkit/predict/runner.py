@@ -17,7 +17,6 @@ With ``output_format=tif`` the three volumes are ``*.tif`` stacks, with ``png`` 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from cemkit.errors import ConfigError, InputError
+from cemkit.io.atomic import atomic_write_json
 from cemkit.predict import devices
 from cemkit.predict.ensemble import METHODS, normalised_weights
 from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
@@ -417,7 +417,5 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
     record["objects"] = n_objects
     record["outputs"] = outputs
-    tmp = output / f".predict.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, output / "predict.json")
+    atomic_write_json(output / "predict.json", record, indent=2, default=str)
     return record

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
+from cemkit.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,7 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     trainer = build_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(output),
                             use_distributed_sampler=False)
     if trainer.is_global_zero:
-        config_file = output / "config.yaml"
-        tmp = config_file.with_suffix(".yaml.tmp")
-        tmp.write_text(OmegaConf.to_yaml(resolved))
-        os.replace(tmp, config_file)
+        atomic_write_text(output / "config.yaml", OmegaConf.to_yaml(resolved))
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path
 from cemkit.models.encoders import (
     ENCODER_FORMAT,
     ENCODER_FORMAT_VERSION,
@@ -63,13 +64,8 @@ def export_encoder(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, co
     blob = encoder_export_dict(ckpt_path, corpus_id)
     out = Path(out_path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("exported %s encoder (%d tensors, in_chans %s, norms %s) to %s", blob["arch"], len(blob["state_dict"]),
              blob["in_chans"], blob["norms"], out)
     return out

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_write_text
 from cemkit.zoo.cache import cards_dir
 
 logger = logging.getLogger(__name__)
@@ -197,12 +198,9 @@ def write_card(card: ModelCard, directory: str | Path | None = None) -> Path:
     """Write ``card`` as ``<directory>/<name>.yaml`` (default: the user cards folder), atomically."""
     directory = Path(directory) if directory is not None else cards_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{card.name}.yaml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True),
-                   encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(directory / f"{card.name}.yaml",
+                             yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True),
+                             encoding="utf-8")
 
 
 def shipped_cards() -> dict[str, ModelCard]:

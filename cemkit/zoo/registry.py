@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cemkit.errors import InputError
+from cemkit.io.atomic import atomic_path
 from cemkit.zoo.cache import OFFLINE_ENV, cards_dir, is_offline, model_dir, url_dir
 from cemkit.zoo.cards import (
     KINDS,
@@ -299,9 +300,8 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
         elif copy:
             target = model_dir(name) / filename
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(local, tmp)
             _recorded_sha(target).write_text(f"{digest}  {target.name}\n")
             fields["path"] = str(target)
 

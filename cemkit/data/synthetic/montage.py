@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,16 +86,11 @@ def save_montage(
     pathlib.Path
         The written path.
     """
+    from cemkit.io.atomic import atomic_path
+
     path = Path(path_png)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = montage_array(image, labels, n=n, alpha=alpha)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report image should be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

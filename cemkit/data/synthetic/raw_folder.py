@@ -387,22 +387,18 @@ def write_raw_folder(
     return info
 
 
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def _write_mrc(path: Path, vol: np.ndarray, voxel_size, mrcfile) -> None:
-    tmp = _atomic_target(path)
-    with mrcfile.new(tmp, overwrite=True) as mrc:
+    from cemkit.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(vol)
         # mrc stores Angstrom, (x, y, z)
         mrc.voxel_size = (voxel_size[2] * 10.0, voxel_size[1] * 10.0, voxel_size[0] * 10.0)
-    tmp.replace(path)
 
 
 def _write_h5(path: Path, vol: np.ndarray, voxel_size, h5py) -> None:
-    tmp = _atomic_target(path)
-    with h5py.File(tmp, "w") as f:
+    from cemkit.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("raw", data=vol, chunks=(1,) + vol.shape[1:], compression="gzip", compression_opts=1)
         d.attrs["resolution"] = np.asarray(voxel_size, dtype=np.float64)
-    tmp.replace(path)
