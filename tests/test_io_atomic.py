@@ -103,10 +103,17 @@ def test_a_folder_is_built_and_renamed_into_place(tmp_path):
     assert names(tmp_path) == ["store.zarr"]
 
 
-def test_a_folder_replaces_an_existing_folder(tmp_path):
+@pytest.fixture
+def old_folder(tmp_path):
+    """``tmp_path / "pngs"`` holding one file, ``old.png``."""
     target = tmp_path / "pngs"
     target.mkdir()
     (target / "old.png").write_text("old")
+    return target
+
+
+def test_a_folder_replaces_an_existing_folder(old_folder, tmp_path):
+    target = old_folder
     with atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / "new.png").write_text("new")
@@ -114,10 +121,8 @@ def test_a_folder_replaces_an_existing_folder(tmp_path):
     assert names(tmp_path) == ["pngs"]
 
 
-def test_a_raise_removes_a_temporary_folder_and_keeps_the_old_one(tmp_path):
-    target = tmp_path / "pngs"
-    target.mkdir()
-    (target / "old.png").write_text("old")
+def test_a_raise_removes_a_temporary_folder_and_keeps_the_old_one(old_folder, tmp_path):
+    target = old_folder
     with pytest.raises(Boom), atomic_path(target) as tmp:
         (tmp / "sub").mkdir(parents=True)
         (tmp / "sub" / "half.png").write_text("?")

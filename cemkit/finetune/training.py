@@ -35,6 +35,7 @@ from cemkit.finetune.data import (
 )
 from cemkit.finetune.initialization import InitSource, resolve_init
 from cemkit.finetune.losses import SegmentationLoss
+from cemkit.io.atomic import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -401,8 +402,6 @@ def _prepend_csv_rows(path: Path, prior: list[dict[str, str]]) -> None:
     """Put the ``prior`` rows with a step before the first step of ``path``'s rows in front of them."""
     import csv
 
-    from cemkit.io.atomic import atomic_path
-
     new = _read_csv(path)
     first = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
     kept = [r for r in prior if first is None or (r.get("step") and int(float(r["step"])) < first)]
@@ -414,8 +413,6 @@ def _prepend_csv_rows(path: Path, prior: list[dict[str, str]]) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from cemkit.io.atomic import atomic_write_json
-
     atomic_write_json(path, obj, indent=2, default=str)
 
 

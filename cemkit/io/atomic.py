@@ -166,11 +166,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     Path
         ``path``.
     """
-    path = Path(path)
-    data = text.encode(encoding)  # an unencodable text fails before any file is created
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
+    return atomic_write_bytes(path, text.encode(encoding))  # an unencodable text fails before any file exists
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **json_kwargs: Any) -> Path:
