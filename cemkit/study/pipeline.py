@@ -147,6 +147,7 @@ def _run_all(cfg: DictConfig, specs: list[RunSpec], settings, keep: str, broken:
         spec = specs[i]
         if spec.init in broken:
             rows[i] = failed_row(spec, f"not run: init failed earlier ({broken[spec.init]})")
+            write_csv(csv_path, _ordered(rows), columns)
             continue
         log.info("run %d/%d: init %s, %s, seed %d, training slices %s -> %s", count, len(todo), spec.init,
                  ", ".join(f"{k} {v}" for k, v in spec.fields.items()), spec.seed, sl.format_slices(spec.train),
