@@ -131,7 +131,7 @@ def test_cli_reports_a_bad_study_and_exits_2(volume, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ a tiny study end to end
-TINY = ["trainer.max_steps=2", "val.every=2", "data.batch_size=2", "study.seeds=1", "study.predict.tile_size=64"]
+TINY = ["trainer.max_steps=2", "val.every=2", "data.batch_size=2", "study.seeds=1"]
 
 
 def _rows(path: Path) -> list[dict]:
