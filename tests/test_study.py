@@ -20,7 +20,7 @@ from cemkit.io import write_tif_stack
 from cemkit.study import pipeline
 from cemkit.study.data import StudyVolume
 from cemkit.study.report import curve_stats
-from cemkit.study.runs import init_slug
+from cemkit.study.runs import RunSpec, finetune_config, init_slug, split_init
 from cemkit.study.slices import (
     evenly_spaced,
     fold_splits,
@@ -128,6 +128,20 @@ def test_cli_reports_a_bad_study_and_exits_2(volume, tmp_path, capsys):
     assert code == 2
     captured = capsys.readouterr()
     assert "study.test_slices overlaps study.train_slices" in captured.out + captured.err
+
+
+def test_each_run_gets_the_finetune_config_with_its_data_init_seed_and_overrides(tmp_path):
+    cfg = _compose("data.images=i", "data.labels=l", "study.test_slices=8-9", "trainer.max_steps=7",
+                   "study.finetune={data.crop: 32}")
+    spec = RunSpec("zoo:cem500k_mocov2_resnet50@resnet50", 3, [0], [8], tmp_path / "run",
+                   (tmp_path / "a.npy", tmp_path / "b.npy"), (tmp_path / "c.npy", tmp_path / "d.npy"))
+    run = finetune_config(cfg, spec)
+    assert "study" not in run and "study" in cfg
+    assert (run.model.init, run.model.encoder.arch) == ("zoo:cem500k_mocov2_resnet50", "resnet50")
+    assert (run.seed, run.data.crop, run.trainer.max_steps) == (3, 32, 7)
+    assert (run.data.images, run.output) == (str(tmp_path / "a.npy"), str(tmp_path / "run" / "finetune"))
+    assert split_init("outputs/a@b/encoder.pth") == ("outputs/a@b/encoder.pth", None)
+    assert split_init("none") == ("none", None)
 
 
 # ------------------------------------------------------------------------------------ a tiny study end to end

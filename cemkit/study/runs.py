@@ -58,6 +58,17 @@ def init_slug(init: str) -> str:
     return f"{stem}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
+def split_init(init: str) -> tuple[str, str | None]:
+    """``"SPEC@ARCH"`` -> ``(SPEC, ARCH)``: an init with its own encoder architecture; plain ``SPEC`` -> ``(SPEC, None)``.
+
+    ``split_init("zoo:cem500k_mocov2_resnet50@resnet50") == ("zoo:cem500k_mocov2_resnet50", "resnet50")``
+    """
+    spec, sep, arch = str(init).rpartition("@")
+    if sep and spec and arch and "/" not in arch:
+        return spec, arch
+    return str(init), None
+
+
 def read_row(folder: Path) -> dict | None:
     """The finished run's row, or ``None`` while the run is not done."""
     path = folder / ROW_FILE
@@ -75,7 +86,7 @@ def plain_dict(node: Any, key: str) -> dict:
     if node is None:
         return {}
     if not OmegaConf.is_dict(node) and not isinstance(node, dict):
-        raise ConfigError(f"{key} must be a mapping like {{trainer.max_time: 5m}}, got {node!r}")
+        raise ConfigError(f"{key} must be a mapping like {{trainer.max_time: 300}}, got {node!r}")
     return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
 
 
@@ -90,7 +101,9 @@ def finetune_config(base: DictConfig, spec: RunSpec) -> DictConfig:
     cfg.data.images, cfg.data.labels = str(spec.train_data[0]), str(spec.train_data[1])
     cfg.data.val_images = cfg.data.val_labels = None
     cfg.data.train_fraction = None
-    cfg.model.init = spec.init
+    cfg.model.init, arch = split_init(spec.init)
+    if arch:
+        cfg.model.encoder.arch = arch
     cfg.seed = int(spec.seed)
     cfg.output = str(spec.folder / "finetune")
     check_finetune_config(cfg)
