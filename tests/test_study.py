@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -122,7 +123,17 @@ def test_bad_study_fails_before_training(volume, tmp_path, overrides, message):
     assert not (out / "labelled").exists()
 
 
-def test_cli_reports_a_bad_study_and_exits_2(volume, tmp_path, capsys):
+@pytest.fixture
+def keep_logging():
+    """Hydra points the root logger's handlers at the captured stdout: put the previous ones back after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_cli_reports_a_bad_study_and_exits_2(volume, tmp_path, capsys, keep_logging):
     code = cli(["study", "+experiment=tiny_study", f"data.images={volume[0]}", f"data.labels={volume[1]}",
                 f"output={tmp_path / 'out'}", "study.test_slices=4-5", "study.train_slices=0-4"])
     assert code == 2
@@ -153,13 +164,13 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_tiny_study_rows_failing_init_folds_report_and_resume(volume, tmp_path, monkeypatch):
+def test_tiny_study_rows_failing_init_folds_report_and_resume(volume, tmp_path, monkeypatch, caplog):
     out = tmp_path / "study"
     bad = tmp_path / "not_an_encoder.pth"
     bad.write_text("not a checkpoint")
-    cfg = _compose(f"data.images={volume[0]}", f"data.labels={volume[1]}", f"output={out}",
-                   "study.test_slices=8-9", "study.gap=1", f"study.inits=[none,{bad}]", "study.labelled=[1,2]",
-                   "study.folds=2", *TINY)
+    args = [f"data.images={volume[0]}", f"data.labels={volume[1]}", f"output={out}", "study.test_slices=8-9",
+            "study.gap=1", f"study.inits=[none,{bad}]", "study.labelled=[1,2]", "study.folds=2", *TINY]
+    cfg = _compose(*args)
     calls: list[Path] = []
     real = pipeline.execute
 
@@ -200,10 +211,20 @@ def test_tiny_study_rows_failing_init_folds_report_and_resume(volume, tmp_path, 
     first = json.loads((redo / "row.json").read_text())
     (redo / "row.json").unlink()
     kept = (out / "labelled" / "none" / "n1_seed42" / "row.json").stat().st_mtime_ns
+    model = (redo / "finetune" / "1fm" / "best.ckpt").stat().st_mtime_ns
     calls.clear()
     pipeline.run_study(cfg)
     assert calls == [out / "labelled" / init_slug(str(bad)) / "n1_seed42", redo]  # the bad init is retried
     assert (out / "labelled" / "none" / "n1_seed42" / "row.json").stat().st_mtime_ns == kept
     again = json.loads((redo / "row.json").read_text())
-    assert again["iou"] == pytest.approx(first["iou"], abs=1e-6)  # same seed, same slices: the same run
+    assert (redo / "finetune" / "1fm" / "best.ckpt").stat().st_mtime_ns == model  # the finished model is kept
+    assert again["iou"] == pytest.approx(first["iou"], abs=1e-6) and again["status"] == "ok"  # re-predicted, re-scored
     assert len(_rows(out / "study.csv")) == 4
+    assert "other settings" not in caplog.text
+
+    # the same output with another budget: nothing is retrained, and the finished runs are reported as made
+    # with other settings
+    calls.clear()
+    pipeline.run_study(_compose(*[a for a in args if not a.startswith("trainer.max_steps")], "trainer.max_steps=3"))
+    assert [c for c in calls if "none" in c.parts] == []
+    assert "finished runs were made with other settings" in caplog.text

@@ -24,8 +24,8 @@ from cemkit.errors import ConfigError
 from cemkit.study import slices as sl
 from cemkit.study.data import StudyVolume, read_study_volume, write_subset
 from cemkit.study.report import FOLD_COLUMNS, STUDY_COLUMNS, write_csv, write_report
-from cemkit.study.runs import KEEP, RunSpec, check_finetune_config, execute, failed_row, init_slug, \
-    predict_settings, read_row
+from cemkit.study.runs import KEEP, RunSpec, check_finetune_config, execute, failed_row, finetune_config, \
+    init_slug, predict_settings, read_row, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,6 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.output))
     st = cfg.study
     # every check before any training: the finetune settings of a run, the predict settings, the split
-    from cemkit.study.runs import finetune_config
-
     settings = predict_settings(st)
     vol = read_study_volume(cfg.data.images, cfg.data.labels, cfg.data.get("image_key"), cfg.data.get("label_key"))
     plan = plan_study(cfg, vol)
@@ -142,6 +140,11 @@ def _run_all(cfg: DictConfig, specs: list[RunSpec], settings, keep: str, broken:
     todo = [i for i, r in done.items() if r is None]
     if len(todo) < len(specs):
         log.info("%d of %d runs are finished (row.json present): skipped", len(specs) - len(todo), len(specs))
+        stale = [specs[i].folder for i, r in done.items()
+                 if r is not None and r.get("settings") != settings_hash(finetune_config(cfg, specs[i]), settings)]
+        if stale:
+            log.warning("%d finished runs were made with other settings than this command's (e.g. %s): their rows "
+                        "are kept; delete their folders (or use another output) to redo them", len(stale), stale[0])
     write_csv(csv_path, _ordered(rows), columns)
     for count, i in enumerate(todo, 1):
         spec = specs[i]

@@ -26,7 +26,7 @@ FOLD_COLUMNS = ("init", "fold", "seed", "status", "iou", "precision", "recall", 
 
 
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
-    """Write ``rows`` (dicts) with ``columns``, atomically; floats with 4 decimals, ``None`` empty."""
+    """Write ``rows`` (dicts) with ``columns``, atomically; floats rounded to 4 decimals, ``None`` empty."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -40,7 +40,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return repr(round(value, 4))
     return str(value)
 
 

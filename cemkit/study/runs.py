@@ -110,6 +110,16 @@ def finetune_config(base: DictConfig, spec: RunSpec) -> DictConfig:
     return cfg
 
 
+def settings_hash(cfg: DictConfig, settings) -> str:
+    """A short hash of a run's finetune config and predict settings (a finished run made with other
+    settings is reported when the study is run again)."""
+    from dataclasses import asdict
+
+    data = {"finetune": OmegaConf.to_container(cfg, resolve=True),
+            "predict": {k: v for k, v in asdict(settings).items() if k not in ("progress", "resume", "device")}}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def check_finetune_config(cfg: DictConfig) -> None:
     """What a study needs of the finetune settings (raised before any training)."""
     if str(cfg.model.frames) != "1":
@@ -161,7 +171,8 @@ def execute(base: DictConfig, spec: RunSpec, settings, keep: str = "best") -> di
            "iou": m["iou"], "precision": m["precision"], "recall": m["recall"], "dice": m["dice"],
            "steps": result.get("steps"), "seconds": round(t1 - t0, 1), "predict_seconds": round(t2 - t1, 1),
            "train_slices": " ".join(map(str, spec.train)), "test_slices": " ".join(map(str, spec.test)),
-           "init_kind": result.get("init_kind"), "arch": result.get("arch"), "error": ""}
+           "init_kind": result.get("init_kind"), "arch": result.get("arch"), "error": "",
+           "settings": settings_hash(cfg, settings)}
     atomic_write_json(spec.folder / ROW_FILE, row, indent=2)
     tidy(spec.folder, keep)
     return row
