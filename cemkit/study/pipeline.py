@@ -68,7 +68,8 @@ def plan_study(cfg: DictConfig, vol: StudyVolume) -> StudyPlan:
     """
     st = cfg.study
     if st.get("test_slices") is None or OmegaConf.is_missing(st, "test_slices"):
-        raise ConfigError("study.test_slices is required: the slices every run is scored on, e.g. study.test_slices=14-19")
+        raise ConfigError("study.test_slices is required: the slices every run is scored on, "
+                          "e.g. study.test_slices=14-19")
     test = sl.parse_slices(st.test_slices, "study.test_slices", vol.depth)
     gap = int(st.get("gap", 0))
     train = sl.training_range(st.get("train_slices"), test, gap, vol.depth)

@@ -59,7 +59,7 @@ def init_slug(init: str) -> str:
 
 
 def split_init(init: str) -> tuple[str, str | None]:
-    """``"SPEC@ARCH"`` -> ``(SPEC, ARCH)``: an init with its own encoder architecture; plain ``SPEC`` -> ``(SPEC, None)``.
+    """``"SPEC@ARCH"`` -> ``(SPEC, ARCH)``, an init with its own encoder architecture; ``SPEC`` -> ``(SPEC, None)``.
 
     ``split_init("zoo:cem500k_mocov2_resnet50@resnet50") == ("zoo:cem500k_mocov2_resnet50", "resnet50")``
     """

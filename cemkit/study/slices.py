@@ -57,7 +57,8 @@ def parse_slices(spec: Any, key: str, depth: int) -> list[int]:
         raise ConfigError(f"{key}: no slices given")
     bad = sorted(z for z in out if not 0 <= z < depth)
     if bad:
-        raise ConfigError(f"{key}: slices {format_slices(bad)} are outside the volume (z 0-{depth - 1}, {depth} slices)")
+        raise ConfigError(f"{key}: slices {format_slices(bad)} are outside the volume "
+                          f"(z 0-{depth - 1}, {depth} slices)")
     return sorted(out)
 
 
