@@ -164,9 +164,10 @@ def _run_all(cfg: DictConfig, specs: list[RunSpec], settings, keep: str, broken:
             raise
         except Exception as exc:  # noqa: BLE001 - one init failing must not end the study
             message = f"{type(exc).__name__}: {exc}"
-            log.error("init %s failed (%s): %s; its other runs are skipped, the study goes on", spec.init,
-                      spec.folder, message)
-            if not any(r.get("status") == "ok" and r.get("init") == spec.init for r in rows.values()):
+            first = not any(r.get("status") == "ok" and r.get("init") == spec.init for r in rows.values())
+            log.error("run %s of init %s failed: %s%s", spec.folder, spec.init, message,
+                      "; the init's other runs are skipped, the study goes on" if first else "")
+            if first:
                 broken[spec.init] = message
             rows[i] = failed_row(spec, message)
         write_csv(csv_path, _ordered(rows), columns)
