@@ -74,6 +74,8 @@ def plot_png(stats: dict[str, list[tuple[int, float, float, float, int]]]) -> by
         line, = ax.plot(xs, [p[1] for p in points], marker="o", label=init)
         ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points], color=line.get_color(), alpha=0.2)
     ax.set_xscale("log", base=2)
+    top = max((p[3] for points in stats.values() for p in points), default=1.0)
+    ax.set_ylim(0.0, min(1.0, top + 0.05))
     if counts:
         ax.set_xticks(sorted(counts))
         ax.set_xticklabels([str(c) for c in sorted(counts)])
