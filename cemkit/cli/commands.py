@@ -31,6 +31,10 @@ COMMANDS: tuple[Command, ...] = (
             "Export an encoder from a pretrain checkpoint, or a model to TorchScript/ONNX/BioImage.IO."),
     Command("zoo", "cemkit.zoo.command:main",
             "Model zoo: list, info, download, register pretrained encoders and models.", hydra=False),
+    Command("study", "cemkit.study.command:run",
+            "Label-efficiency study: finetune from several inits on 1, 2, 4, 8 ... labelled slices, "
+            "score a fixed test split, write study.csv and report.html.",
+            list_keys=("study.inits", "study.labelled", "study.seeds", "study.test_slices", "study.train_slices")),
     Command("demo", "cemkit.demo.command:run",
             "Run the whole pipeline on built-in synthetic EM data and write an HTML report."),
 )
