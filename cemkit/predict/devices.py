@@ -1,4 +1,4 @@
-"""Device choice, mixed precision and multi-process (torchrun) layout of a prediction.
+"""Multi-process (torchrun) layout of a prediction; the device itself comes from :func:`cemkit.devices.select_device`.
 
 Several GPUs: launch with ``torchrun --nproc_per_node=N -m cemkit.cli.main predict ...``. Each rank
 (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) takes slabs ``i % WORLD_SIZE == RANK``, runs
@@ -37,22 +37,6 @@ def dist_info() -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     return DistInfo(rank, world, local)
-
-
-def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``cpu``, ``cuda``/``gpu``
-    (-> ``cuda:LOCAL_RANK``) and ``cuda:N`` are taken as given."""
-    spec = str(spec or "auto").lower()
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if spec in ("cuda", "gpu"):
-        spec = f"cuda:{local_rank}"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu or auto")
-    try:
-        return torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"device={spec}: not a torch device ({exc})") from exc
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> bool:

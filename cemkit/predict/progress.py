@@ -9,6 +9,7 @@ different signature starts afresh.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,20 @@ from cemkit.io.atomic import atomic_write_json
 class ProgressLog:
     """Finished work units (strings such as ``"xy:3"``) of one run, persisted in ``path``."""
 
-    def __init__(self, path: str | Path, signature: dict[str, Any], resume: bool = True):
+    def __init__(self, path: str | Path, signature: dict[str, Any], resume: bool = True,
+                 others: Sequence[str | Path] = (), world: int = 1):
         self.path = Path(path)
         self.signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
+        self.world = int(world)
         self.done: set[str] = set()
-        self.resumed = False
-        if resume and self.path.is_file():
-            try:
-                state = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                state = {}
-            if state.get("signature") == self.signature:
-                self.done = set(state.get("done", []))
-                self.resumed = bool(self.done)
+        self.worlds: set[int] = set()  # process counts of the runs whose finished units were found
+        if resume:
+            for p in (self.path, *(Path(o) for o in others)):
+                state = _read(p)
+                if state.get("signature") == self.signature and state.get("done"):
+                    self.done |= set(state["done"])
+                    self.worlds.add(int(state.get("world", 1)))
+        self.resumed = bool(self.done)
 
     def is_done(self, unit: str) -> bool:
         return unit in self.done
@@ -49,4 +51,15 @@ class ProgressLog:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"signature": self.signature, "done": sorted(self.done)}, indent=1)
+        atomic_write_json(self.path, {"signature": self.signature, "world": self.world, "done": sorted(self.done)},
+                          indent=1)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
