@@ -1,5 +1,9 @@
-"""Shuffle-BN across 2 CPU processes (gloo): every sample gets back the key computed for it inside the
-shuffled sub-batch it was sent to, and a wrong unshuffle is caught."""
+"""torch.distributed pieces with 2 CPU processes (gloo), in one spawned session:
+
+* Shuffle-BN (:mod:`cemkit.pretrain.moco`): every sample gets back the key computed for it inside the
+  shuffled sub-batch it was sent to, and a wrong unshuffle is caught;
+* :func:`cemkit.collective.together`: a rank that fails stops the other with an error naming it.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,7 @@ def _wrong_unshuffle(x, idx_unshuffle):
 def _worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
+    from cemkit.collective import together
     from cemkit.pretrain import moco
 
     os.environ.update(OMP_NUM_THREADS="1")
@@ -80,16 +85,29 @@ def _worker(rank: int, port: int, out: str) -> None:
         moco.batch_unshuffle_ddp = _wrong_unshuffle
         wrong = model.embed_key(mine)
         Path(out, f"keys{rank}.json").write_text(json.dumps({"right": right.tolist(), "wrong": wrong.tolist()}))
+
+        errors = []
+        for failing in (None, 1):  # a block where no rank fails, then one where rank 1 does
+            try:
+                with together("reading its input"):
+                    if rank == failing:
+                        raise ValueError(f"bad input on rank {rank}")
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - recorded for the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+        Path(out, f"together{rank}.json").write_text(json.dumps(errors))
     finally:
         dist.destroy_process_group()
 
 
-def test_each_sample_gets_the_key_of_its_shuffled_sub_batch(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gloo")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path))) for r in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(r, port, str(out))) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
@@ -98,6 +116,17 @@ def test_each_sample_gets_the_key_of_its_shuffled_sub_batch(tmp_path):
         if p.is_alive():
             p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
+    return out
+
+
+def test_a_failing_rank_stops_the_other_with_an_error_naming_it(two_ranks):
+    rank0, rank1 = (json.loads((two_ranks / f"together{r}.json").read_text()) for r in range(WORLD))
+    assert rank0 == [None, "RuntimeError: rank 1 failed reading its input: ValueError: bad input on rank 1"]
+    assert rank1 == [None, "ValueError: bad input on rank 1"]  # the failing rank raises its own error
+
+
+def test_each_sample_gets_the_key_of_its_shuffled_sub_batch(two_ranks):
+    tmp_path = two_ranks
 
     model = _model()
     ref = _reference(model)
