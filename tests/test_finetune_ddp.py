@@ -232,3 +232,38 @@ def test_validation_windows_count_every_pixel_once_and_padding_nothing():
     shards = RankShardSampler(5, layout=lambda: (0, 1))
     assert shards.indices(0, 2) == [0, 2, 4] and shards.indices(1, 2) == [1, 3, 5]
     assert ds[len(ds)][3].tolist() == [0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------ a failing rank
+FAULT = '''
+import os
+if os.environ.get("LOCAL_RANK") == "1":  # Lightning's second process: its first patch fails
+    from cemkit.finetune import data
+
+    def _fail(self, index):
+        raise ValueError(f"simulated bad patch {index}")
+
+    data.PatchDataset.__getitem__ = _fail
+'''
+
+
+def test_a_failing_rank_stops_the_run_with_an_error_naming_it(tmp_path, pair):
+    """Rank 1 fails on its first patch while rank 0 waits for its gradients: the run ends (Lightning's
+    launcher stops every process) and the log names rank 1 and its error, instead of hanging."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FAULT)  # imported at start-up by every process of the run
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=f"{inject}{os.pathsep}{repo}")
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(key, None)
+    img, lab = pair
+    proc = subprocess.run([sys.executable, "-m", "cemkit.cli.main", *_finetune_args(img, lab, tmp_path / "out", True)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rank 1 of 2 failed: ValueError: simulated bad patch" in text, text[-3000:]
+    assert not (tmp_path / "out" / "1fm" / "result.json").exists()

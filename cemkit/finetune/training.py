@@ -187,7 +187,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from cemkit.finetune.callbacks import ResumePointCheckpoint
+    from cemkit.finetune.callbacks import RankFailureReport, ResumePointCheckpoint
     from cemkit.finetune.module import SegmentationModule
     from cemkit.tracking import build_trainer
 
@@ -283,7 +283,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     csv_path = _csv_metrics_path(logger)
     # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
     prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
-    callbacks: list[Any] = [ckpt_cb, last_cb]
+    callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport()]
     budget = None
     if budget_s is not None:
         budget = TimeBudget(budget_s, val_every, started=started, followers=[last_cb], max_steps=total,
