@@ -101,13 +101,17 @@ def _recording(patch=setattr) -> dict:
 
 
 def _worker(rank, port, img, lab, val_img, val_lab, out):
-    """One rank: a finetune run through the CLI, then a validation of fixed tiles (:func:`_validate`)."""
+    """One rank: a finetune run through the CLI; the resume of a 1-process run interrupted at step 2; a
+    validation of fixed tiles (:func:`_validate`)."""
     _join_as(rank, port)
     from cemkit.cli.main import main
 
     rec = _recording()
     code = main(_finetune_args(img, lab, Path(out) / "ddp", ddp=True))
     Path(out, f"rank{rank}.json").write_text(json.dumps({**rec, "code": code}))
+    rec.update(patches=[], validations=0, writes=[])
+    code = main([*_finetune_args(img, lab, Path(out) / "resume", ddp=True), "ckpt_path=last"])
+    Path(out, f"resume{rank}.json").write_text(json.dumps({**rec, "code": code}))
     ds, module = _validation_setup(val_img, val_lab)
     metrics, counts = _validate(ds, module, WORLD, strategy="ddp")
     Path(out, f"val{rank}.json").write_text(json.dumps({"metrics": metrics, "counts": counts}))
@@ -126,8 +130,28 @@ def val_pair(tmp_path_factory) -> tuple[str, str]:
 def two_ranks(tmp_path_factory, pair, val_pair) -> Path:
     """What each of 2 processes recorded (one spawned session, shared by the tests below)."""
     out = tmp_path_factory.mktemp("ddp_run")
+    _interrupted_single_process_run(*pair, out / "resume")
     _spawn(_worker, (str(pair[0]), str(pair[1]), *val_pair, str(out)))
     return out
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _interrupted_single_process_run(img, lab, out: Path) -> None:
+    """A 1-process run that stops at step 3, after the validation (and last.ckpt) of step 2."""
+    from cemkit.cli.main import main
+    from cemkit.finetune.module import SegmentationModule
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise _Crash("simulated interruption")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SegmentationModule, "on_train_batch_start", crash, raising=False)
+        assert main([*_finetune_args(img, lab, out, ddp=False), "ckpt_path=last"]) != 0
+    assert torch.load(out / "1fm" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def test_two_processes_see_the_patches_of_one_with_the_global_batch(tmp_path, pair, two_ranks, monkeypatch):
@@ -152,6 +176,18 @@ def test_two_processes_see_the_patches_of_one_with_the_global_batch(tmp_path, pa
     assert single["validations"] == ranks[0]["validations"] == ranks[1]["validations"] == STEPS // VAL_EVERY
     assert ranks[0]["writes"] == ["result.json"] and ranks[1]["writes"] == []
     result = json.loads((two_ranks / "ddp" / "1fm" / "result.json").read_text())
+    assert result["steps"] == STEPS and [h["step"] for h in result["history"]] == [2, 4]
+
+
+def test_a_one_process_run_resumes_on_two_processes_with_the_patches_it_had_left(two_ranks):
+    """Patch positions count global steps: 2 processes resuming a 1-process run at step 2 draw
+    exactly the patches the 1-process run would have drawn in steps 2 and 3."""
+    ranks = [json.loads((two_ranks / f"resume{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["code"] for r in ranks] == [0, 0]
+    both = ranks[0]["patches"] + ranks[1]["patches"]
+    assert sorted(both) == list(range(2 * GLOBAL_BATCH, STEPS * GLOBAL_BATCH))
+    assert ranks[0]["validations"] == ranks[1]["validations"] == 1  # step 4 (step 2 ran before the interruption)
+    result = json.loads((two_ranks / "resume" / "1fm" / "result.json").read_text())
     assert result["steps"] == STEPS and [h["step"] for h in result["history"]] == [2, 4]
 
 

@@ -122,7 +122,7 @@ class SegmentationModule(pl.LightningModule):
     def _pool_over_ranks(self) -> None:
         """Sum the loss, item count and pixel counts of every rank (each item is validated by one rank), so
         that every rank computes the metrics of the whole validation set; a no-op in a single process."""
-        if self.trainer is None or self.trainer.world_size <= 1:
+        if self.trainer.world_size <= 1:
             return
         parts = [np.array([self._val_loss, self._val_n], dtype=np.float64),
                  self._counts.astype(np.float64) if self._confusion is None else self._confusion.ravel().astype(np.float64)]

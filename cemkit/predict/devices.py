@@ -4,7 +4,8 @@ Several GPUs: launch with ``torchrun --nproc_per_node=N -m cemkit.cli.main predi
 (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) takes slabs ``i % WORLD_SIZE == RANK``, runs
 them on ``cuda:LOCAL_RANK`` and writes its own, disjoint z-chunks of the same zarr arrays (chunk
 depth = slab size, so no two ranks touch one chunk). Rank 0 creates the arrays first and does the
-post-processing after a barrier.
+post-processing after every rank is done; the ranks meet with :func:`cemkit.collective.together`, so
+that one failing rank stops the others.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-
-from cemkit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +50,6 @@ def init_distributed(info: DistInfo, device: torch.device) -> bool:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         logger.info("rank %d of %d on %s", info.rank, info.world, device)
     return True
-
-
-def barrier() -> None:
-    """Wait for all ranks (no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
