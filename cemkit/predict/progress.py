@@ -4,6 +4,11 @@ The record is a small JSON file in the output folder, rewritten atomically (temp
 ``os.replace``) after every finished unit, together with a signature of everything that determines
 the output (input, models, settings). A rerun with the same signature skips the finished units; a
 different signature starts afresh.
+
+A multi-process run keeps one record per rank (``.progress.rank{r}.json``). A unit is global (slab
+``i`` of the volume, whichever rank computed it), so a run can resume on another number of processes:
+every rank reads the records of all ranks (``others``) and skips the units any of them finished. A
+record therefore holds the units finished by its rank plus those it found finished when it started.
 """
 
 from __future__ import annotations
