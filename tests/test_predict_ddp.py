@@ -42,7 +42,8 @@ def _torchrun_predict(output, args):
 @pytest.mark.ddp
 def test_a_resume_with_rank_1_ahead_of_rank_0_equals_an_uninterrupted_run(tmp_path):
     """Rank 0 had finished no slab, rank 1 all of its own: the resumed run keeps rank 1's slabs and
-    computes rank 0's (a per-rank fresh/resume decision made rank 0 wipe the arrays under rank 1)."""
+    computes rank 0's (a per-rank fresh/resume decision made rank 0 wipe the arrays under rank 1).
+    Then the same on one process: a resume may change the number of processes."""
     import json
 
     import zarr
@@ -64,6 +65,24 @@ def test_a_resume_with_rank_1_ahead_of_rank_0_equals_an_uninterrupted_run(tmp_pa
         a = np.asarray(open_volume(tmp_path / "single" / f"{name}.zarr")[...])
         b = np.asarray(open_volume(out / f"{name}.zarr")[...])
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+    # a resume on ANOTHER number of processes: rank 1's slabs (z 2-3, 6) lost, rank 0's kept, resumed on
+    # one process, which reads both ranks' records and computes only the missing slabs
+    # (a rank records the units every rank had finished when it started, so both records are rewritten)
+    for r, done in ((0, ["xy:0", "xy:2"]), (1, [])):
+        record = out / f".progress.rank{r}.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "done": done}))
+    for name in ("probabilities", "mask"):
+        arr = zarr.open_group(str(out / f"{name}.zarr"), mode="r+")["0"]
+        arr[2:4] = 0
+        arr[6:7] = 0
+    assert main(["predict", f"output={out}", *args]) == 0
+    assert json.loads((out / "predict.json").read_text())["resumed"] is True  # not started afresh
+    assert sorted(json.loads((out / ".progress.json").read_text())["done"]) == [f"xy:{i}" for i in range(4)]
+    for name in ("probabilities", "mask"):
+        a = np.asarray(open_volume(tmp_path / "single" / f"{name}.zarr")[...])
+        b = np.asarray(open_volume(out / f"{name}.zarr")[...])
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{name} after the resume on one process")
 
 
 @pytest.mark.slow

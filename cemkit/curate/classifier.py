@@ -110,14 +110,6 @@ class _Threads:
         torch.set_num_threads(self.saved)
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _prepare(images: np.ndarray, input_size: int):
     import torch
     import torch.nn.functional as F
@@ -247,6 +239,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConf
 def _train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, seed: int) -> PatchClassifier:
     import torch
 
+    from cemkit.devices import select_device
+
     labels = np.asarray(labels, dtype=np.float32)
     n = len(labels)
     if n < 4 or labels.min() == labels.max():
@@ -257,7 +251,7 @@ def _train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierConfig, seed: 
     x_all = _prepare(images, cfg.input_size)
     mean = float(x_all[train].mean())
     std = float(x_all[train].std()) or 1.0
-    device = _device(cfg.device)
+    device = select_device(cfg.device)
     x_all = ((x_all - mean) / std).to(device)
     y_all = torch.from_numpy(labels).to(device)
     model = _build(cfg.arch).to(device)

@@ -158,6 +158,12 @@ class PolyLambda:
         return max(0.0, 1.0 - step / max(1, self.total_steps)) ** self.power
 
 
+def _agreed(trainer, total: int) -> int:
+    """Rank 0's plan on every rank: under DDP each rank times its own steps, and ranks that planned
+    different last steps would leave one waiting for the others' gradients."""
+    return int(trainer.strategy.broadcast(int(total), src=0))
+
+
 class TimeBudget(Callback):
     """Plan a run's steps from ``seconds`` of wall time; see the module docstring.
 
@@ -252,6 +258,7 @@ class TimeBudget(Callback):
         val_s = self.step_s * self.val_every * self.val_fraction
         step, remaining = trainer.global_step, self.remaining()
         total = planned_steps(step, remaining, self.step_s, val_s, self.val_every)
+        total = _agreed(trainer, total)
         if total <= step:
             raise ConfigError(
                 f"trainer.max_time={self.seconds:g} s is too short: a step takes {self.step_s:.2f} s and a validation "
@@ -281,6 +288,7 @@ class TimeBudget(Callback):
         total = planned_steps(step, self.remaining(), self.step_s, self.val_s, self.val_every)
         if self.max_steps is not None:
             total = min(total, self.max_steps)
+        total = _agreed(trainer, total)
         if total != self.total:
             log.info("time budget: %.0f s left, %.2f s a step, %.1f s a validation -> ending at step %d instead of %s",
                      self.remaining(), self.step_s, self.val_s, total, self.total)

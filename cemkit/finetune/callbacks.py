@@ -1,8 +1,12 @@
-"""Lightning callbacks of ``cemkit finetune``: when the resume point (``last.ckpt``) is written."""
+"""Lightning callbacks of ``cemkit finetune``: when the resume point (``last.ckpt``) is written; which rank failed."""
 
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+import logging
+
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 def resume_point_due(step: int, val_every: int, every: int, max_steps: int) -> bool:
@@ -45,3 +49,17 @@ class ResumePointCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         if resume_point_due(trainer.global_step, self.val_every, self.every, self.max_steps):
             super().on_validation_end(trainer, pl_module)
+
+
+class RankFailureReport(Callback):
+    """Under DDP, name the rank that failed and why, in its log (``rank 1 of 2 failed: ValueError: ...``).
+
+    The launcher then stops the other ranks instead of leaving them waiting in the next gradient
+    all-reduce: Lightning's (``trainer.devices=N``) kills every process when one exits with an error,
+    torchrun's agent does the same and reports the failed rank.
+    """
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.world_size > 1:
+            log.error("rank %d of %d failed: %s: %s", trainer.global_rank, trainer.world_size,
+                      type(exception).__name__, exception)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cemkit.errors import InputError
+from cemkit.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -369,63 +369,148 @@ def dark_background(vol: LabelledVolume, max_points: int = 20000, seed: int = 0)
     return found
 
 
-class PatchSampler(Sampler[int]):
-    """Patch indices for a seeded :class:`PatchDataset`: ``start .. start + length - 1`` per epoch.
+def process_layout() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: from :mod:`torch.distributed` when a process group is
+    initialised (Lightning's DDP has set it up by the time a loader is iterated), else ``(0, 1)``."""
+    import torch.distributed as dist
 
-    ``start`` is ``position()`` when a ``position`` callable is given (the training loop passes
-    ``global_step * batch_size``: the index of the next patch the optimizer will see), else
-    ``epoch * length`` (Lightning calls :meth:`set_epoch` before every epoch). Since ``__iter__``
-    runs in the main process when an epoch's iteration starts, a run resumed from a checkpoint
-    draws exactly the patches of an uninterrupted run, with any number of DataLoader workers.
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_global_batch(batch_size: int, world: int) -> int:
+    """Per-process batch of the global ``data.batch_size`` split over ``world`` processes.
+
+    Raises
+    ------
+    ConfigError
+        ``batch_size`` not a positive multiple of ``world``.
+    """
+    if batch_size < 1 or batch_size % world:
+        raise ConfigError(f"data.batch_size={batch_size} is the global batch (all processes together) and must be "
+                          f"a positive multiple of the number of processes ({world})")
+    return batch_size // world
+
+
+class PatchBatchSampler(Sampler[list[int]]):
+    """Batches of patch indices for a seeded :class:`PatchDataset`, one optimizer step at a time, per rank.
+
+    ``batch_size`` is the global batch ``B`` (all processes together); rank ``r`` of ``W`` takes
+    ``b = B / W`` of it. Micro-batch ``m`` (of ``accumulate``) of optimizer step ``s`` holds, on rank ``r``,
+    the indices ``s * B * accumulate + m * B + r * b ... + b - 1``. Over the ``W`` ranks a step therefore
+    covers exactly the indices one process with batch ``B`` takes at that step, each once, whatever ``W``.
+
+    One epoch is ``steps`` optimizer steps (``val.every``: the loop validates after each epoch), starting
+    at the step ``position()`` returns when the epoch's iteration begins (the training loop passes
+    ``trainer.global_step``; default 0 then ``steps`` more each epoch). ``__iter__`` runs in the main
+    process, so a run resumed at step ``s`` draws the patches of an uninterrupted run, with any number of
+    DataLoader workers and, since positions count global steps, with any number of processes.
+
+    ``layout`` gives ``(rank, world)`` when an epoch starts (default :func:`process_layout`).
     """
 
-    def __init__(self, length: int, position: Callable[[], int] | None = None):
-        self.length, self.epoch, self.position = int(length), 0, position
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def __init__(self, batch_size: int, steps: int, accumulate: int = 1, position: Callable[[], int] | None = None,
+                 layout: Callable[[], tuple[int, int]] = process_layout):
+        self.batch_size, self.steps, self.accumulate = int(batch_size), int(steps), int(accumulate)
+        if self.steps < 1 or self.accumulate < 1:
+            raise ValueError(f"steps and accumulate must be >= 1, got {steps} and {accumulate}")
+        self.position, self.layout, self._epochs = position, layout, 0
 
     def __len__(self) -> int:
-        return self.length
+        return self.steps * self.accumulate
+
+    def batches(self, start_step: int, rank: int, world: int) -> Iterator[list[int]]:
+        """The micro-batches of rank ``rank`` of ``world`` for the epoch that starts at ``start_step``."""
+        local = check_global_batch(self.batch_size, world)
+        per_step = self.batch_size * self.accumulate
+        for s in range(start_step, start_step + self.steps):
+            for m in range(self.accumulate):
+                first = s * per_step + m * self.batch_size + rank * local
+                yield list(range(first, first + local))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = int(self.position()) if self.position is not None else self._epochs * self.steps
+        self._epochs += 1
+        rank, world = self.layout()
+        return self.batches(start, rank, world)
+
+
+class RankShardSampler(Sampler[int]):
+    """Validation items of one rank: ``rank, rank + W, ...`` of ``0 .. n-1``, padded to ``ceil(n / W)``.
+
+    Every item is validated by exactly one rank. The padding (index ``n + j``, which
+    :class:`SliceDataset` returns with nothing to count) gives every rank the same number of
+    batches, so a rank with fewer items never leaves the others waiting in a collective.
+    """
+
+    def __init__(self, n: int, layout: Callable[[], tuple[int, int]] = process_layout):
+        self.n, self.layout = int(n), layout
+
+    def indices(self, rank: int, world: int) -> list[int]:
+        mine = list(range(rank, self.n, world))
+        per_rank = -(-self.n // world)
+        return mine + [self.n + j for j in range(per_rank - len(mine))]
+
+    def __len__(self) -> int:
+        rank, world = self.layout()
+        return len(self.indices(rank, world))
 
     def __iter__(self) -> Iterator[int]:
-        start = int(self.position()) if self.position is not None else self.epoch * self.length
-        return iter(range(start, start + self.length))
+        return iter(self.indices(*self.layout()))
 
 
 class SliceDataset(Dataset):
     """Deterministic validation items: whole labelled slices, or a grid of ``tile`` x ``tile`` windows.
 
-    Items are ``(x, y, index)`` as in :class:`PatchDataset` plus the item number (for overlays).
+    Items are ``(x, y, index, counted)``: ``x`` and ``y`` as in :class:`PatchDataset`, the item number
+    (for overlays) and ``counted``, int64 ``(y0, x0, y1, x1)``: the part of the window whose pixels
+    the metrics count. Windows flush with a slice's far edge overlap their neighbour; the overlap is
+    counted by the earlier window only, so every pixel of a slice is counted exactly once. Index
+    ``len(self) + j`` (padding of :class:`RankShardSampler`) returns item ``j`` with nothing counted.
     """
 
     def __init__(self, volumes: Sequence[LabelledVolume], frames: int, norms: Sequence[float], tile: int | None = None):
         self.volumes, self.frames, self.norms, self.tile = list(volumes), int(frames), norms, tile
         self.items: list[tuple[int, int, int, int, int, int]] = []  # vol, z, y0, x0, h, w
+        self.counted: list[tuple[int, int, int, int]] = []  # y0, x0, y1, x1 inside the window
         for vi, v in enumerate(self.volumes):
             _, h, w = v.image.shape
             for z in v.slices:
                 if tile is None or (h <= tile and w <= tile):
                     self.items.append((vi, int(z), 0, 0, h, w))
+                    self.counted.append((0, 0, h, w))
                 else:
-                    for y0 in _starts(h, tile):
-                        for x0 in _starts(w, tile):
-                            self.items.append((vi, int(z), y0, x0, min(tile, h), min(tile, w)))
+                    th, tw = min(tile, h), min(tile, w)
+                    for y0, cy in _owned(h, tile):
+                        for x0, cx in _owned(w, tile):
+                            self.items.append((vi, int(z), y0, x0, th, tw))
+                            self.counted.append((cy, cx, th, tw))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
-        vi, z, y0, x0, h, w = self.items[index]
+        n = len(self.items)
+        pad = index >= n
+        vi, z, y0, x0, h, w = self.items[index - n if pad else index]
         v = self.volumes[vi]
         zs = frame_indices(z, v.image.shape[0], self.frames)
         img = v.image[zs, y0:y0 + h, x0:x0 + w]
         lab = v.label[z, y0:y0 + h, x0:x0 + w]
         x = normalise(np.ascontiguousarray(img), self.norms)
-        return torch.from_numpy(x), torch.from_numpy(lab.astype(np.int64)), index
+        counted = torch.zeros(4, dtype=torch.int64) if pad else torch.tensor(self.counted[index], dtype=torch.int64)
+        return torch.from_numpy(x), torch.from_numpy(lab.astype(np.int64)), index, counted
 
 
 def _starts(size: int, tile: int) -> list[int]:
     """Window starts covering ``size`` with windows of ``tile`` (last one flush with the end)."""
     n = math.ceil(size / tile)
     return sorted({min(i * tile, size - tile) for i in range(n)})
+
+
+def _owned(size: int, tile: int) -> list[tuple[int, int]]:
+    """``(start, first counted offset)`` of the windows of :func:`_starts`: a window counts from where
+    the previous one ends, so the windows' counted parts split ``0 .. size`` without overlap."""
+    starts = _starts(size, tile)
+    return [(s, 0 if i == 0 else max(0, starts[i - 1] + tile - s)) for i, s in enumerate(starts)]

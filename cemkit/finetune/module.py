@@ -81,33 +81,59 @@ class SegmentationModule(pl.LightningModule):
     def _reset_val(self) -> None:
         self._val_loss, self._val_n = 0.0, 0
         self._counts = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
-        self._confusion = None
+        c = self.model.num_classes
+        self._confusion = None if self.model.out_channels == 1 else np.zeros((c, c), dtype=np.int64)
         self._overlay_items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def on_validation_epoch_start(self) -> None:
         self._reset_val()
 
     def validation_step(self, batch, batch_idx):
+        """Add a batch of ``(x, y, index, counted)`` items (:class:`~cemkit.finetune.data.SliceDataset`) to the
+        counts; only the ``counted`` box of each item is counted, and padding items (empty box) not at all."""
         from cemkit.metrics import binary_counts, confusion_matrix
 
-        x, y, _ = batch
+        x, y, _, counted = batch
         logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-        loss, _ = self.loss_fn(logits, y)
-        self._val_loss += float(loss) * x.shape[0]
-        self._val_n += x.shape[0]
-        if self.model.out_channels == 1:
-            pred = (logits[:, 0] > 0).cpu().numpy()
-            self._counts += np.asarray(binary_counts(pred, y.cpu().numpy() > 0), dtype=np.int64)
-        else:
-            pred = logits.argmax(1).cpu().numpy()
-            cm = confusion_matrix(pred, y.cpu().numpy(), self.model.num_classes)
-            self._confusion = cm if self._confusion is None else self._confusion + cm
+        boxes = counted.cpu().numpy()
+        real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if not real.any():
+            return
+        keep = torch.from_numpy(real).to(logits.device)
+        loss, _ = self.loss_fn(logits, y) if real.all() else self.loss_fn(logits[keep], y[keep])
+        self._val_loss += float(loss) * int(real.sum())
+        self._val_n += int(real.sum())
+        target = y.cpu().numpy()
+        pred = (logits[:, 0] > 0).cpu().numpy() if self.model.out_channels == 1 else logits.argmax(1).cpu().numpy()
+        for i in np.flatnonzero(real):
+            y0, x0, y1, x1 = (int(v) for v in boxes[i])
+            p, t = pred[i, y0:y1, x0:x1], target[i, y0:y1, x0:x1]
+            if self.model.out_channels == 1:
+                self._counts += np.asarray(binary_counts(p, t > 0), dtype=np.int64)
+            else:
+                self._confusion += confusion_matrix(p, t, self.model.num_classes)
         if len(self._overlay_items) < self.overlays:
             centre = x.shape[1] // 2
-            for i in range(min(x.shape[0], self.overlays - len(self._overlay_items))):
+            for i in np.flatnonzero(real)[: self.overlays - len(self._overlay_items)]:
                 img = x[i, centre].float().cpu().numpy()
                 img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
-                self._overlay_items.append(((img * 255).astype(np.uint8), y[i].cpu().numpy(), pred[i].astype(np.int64)))
+                self._overlay_items.append(((img * 255).astype(np.uint8), target[i], pred[i].astype(np.int64)))
+
+    def _pool_over_ranks(self) -> None:
+        """Sum the loss, item count and pixel counts of every rank (each item is validated by one rank), so
+        that every rank computes the metrics of the whole validation set; a no-op in a single process."""
+        if self.trainer.world_size <= 1:
+            return
+        parts = [np.array([self._val_loss, self._val_n], dtype=np.float64),
+                 self._counts.astype(np.float64) if self._confusion is None else self._confusion.ravel().astype(np.float64)]
+        local = torch.from_numpy(np.concatenate(parts)).to(self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum").cpu().numpy()  # exact below 2**53 pixels
+        self._val_loss, self._val_n = float(total[0]), int(round(total[1]))
+        counts = np.rint(total[2:]).astype(np.int64)
+        if self._confusion is None:
+            self._counts = counts
+        else:
+            self._confusion = counts.reshape(self._confusion.shape)
 
     def validation_metrics(self) -> dict[str, float]:
         """Metrics of the validation run that just finished."""
@@ -125,15 +151,19 @@ class SegmentationModule(pl.LightningModule):
         return out
 
     def on_validation_epoch_end(self) -> None:
+        self._pool_over_ranks()
         if self._val_n == 0:
             return
         metrics = self.validation_metrics()
         for k, v in metrics.items():
+            # pooled: the same value on every rank (sync_dist averages equal values, and keeps Lightning quiet)
             self.log(f"val/{k}", v, prog_bar=k == "iou", sync_dist=True)
         if not self.trainer.sanity_checking:
             self.history.append({"step": int(self.global_step), **metrics})
-            log.info("step %d: val/iou %.4f val/loss %.4f", self.global_step, metrics.get("iou", math.nan), metrics["loss"])
-            self._log_overlays()
+            if self.trainer.is_global_zero:
+                log.info("step %d: val/iou %.4f val/loss %.4f", self.global_step, metrics.get("iou", math.nan),
+                         metrics["loss"])
+                self._log_overlays()
 
     def _log_overlays(self) -> None:
         if not self._overlay_items or self.overlay_dir is None:

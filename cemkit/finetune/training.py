@@ -25,10 +25,12 @@ from cemkit.errors import ConfigError, InputError
 from cemkit.finetune.budget import TimeBudget, parse_duration
 from cemkit.finetune.data import (
     LabelledVolume,
+    PatchBatchSampler,
     PatchDataset,
-    PatchSampler,
+    RankShardSampler,
     SliceDataset,
     build_augmentation,
+    check_global_batch,
     intensity_norms,
     read_labelled_volume,
     split_validation,
@@ -185,7 +187,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from cemkit.finetune.callbacks import ResumePointCheckpoint
+    from cemkit.finetune.callbacks import RankFailureReport, ResumePointCheckpoint
     from cemkit.finetune.module import SegmentationModule
     from cemkit.tracking import build_trainer
 
@@ -241,11 +243,15 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
                             hard_negatives=_fraction(d.hard_negatives, "data.hard_negatives"))
     val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
     workers = int(d.num_workers)
-    # patches are a function of (seed, optimizer step): a resumed run trains on the same patches
-    sampler = PatchSampler(len(train_ds))
-    train_dl = DataLoader(train_ds, batch_size=int(d.batch_size), sampler=sampler, drop_last=True,
-                          num_workers=workers, persistent_workers=workers > 0)
-    val_dl = DataLoader(val_ds, batch_size=int(cfg.val.batch_size), shuffle=False, num_workers=0)
+    # data.batch_size is the GLOBAL batch (as in pretrain): under DDP each of the W processes takes
+    # batch_size / W of it. Patches are a function of (seed, optimizer step): a resumed run, with any
+    # number of processes, trains on the same patches; Lightning must not wrap the sampler (it would
+    # split each epoch over the ranks: repeated patches and W times as many validations)
+    sampler = PatchBatchSampler(int(d.batch_size), val_every)
+    train_dl = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    # each validation item on one rank; the counts are summed over the ranks (SegmentationModule)
+    val_dl = DataLoader(val_ds, batch_size=int(cfg.val.batch_size), sampler=RankShardSampler(len(val_ds)),
+                        num_workers=0)
 
     l = cfg.loss
     try:
@@ -277,7 +283,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     csv_path = _csv_metrics_path(logger)
     # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
     prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
-    callbacks: list[Any] = [ckpt_cb, last_cb]
+    callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport()]
     budget = None
     if budget_s is not None:
         budget = TimeBudget(budget_s, val_every, started=started, followers=[last_cb], max_steps=total,
@@ -289,10 +295,11 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
                             max_steps=total, max_epochs=-1, check_val_every_n_epoch=1, max_time=None,
-                            val_check_interval=None, num_sanity_val_steps=0,
+                            val_check_interval=None, num_sanity_val_steps=0, use_distributed_sampler=False,
                             log_every_n_steps=min(int(cfg.trainer.get("log_every_n_steps", 10)), val_every))
-    per_step = int(d.batch_size) * int(trainer.accumulate_grad_batches)
-    sampler.position = lambda: trainer.global_step * per_step
+    check_global_batch(int(d.batch_size), trainer.world_size)
+    sampler.accumulate = int(trainer.accumulate_grad_batches)
+    sampler.position = lambda: trainer.global_step
     # max_steps (not epochs) ends the run: Lightning counts the epoch of a checkpoint written at the
     # end-of-epoch validation once more after a resume, so an epoch limit would stop it early
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)

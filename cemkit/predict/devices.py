@@ -1,10 +1,11 @@
-"""Device choice, mixed precision and multi-process (torchrun) layout of a prediction.
+"""Multi-process (torchrun) layout of a prediction; the device itself comes from :func:`cemkit.devices.select_device`.
 
 Several GPUs: launch with ``torchrun --nproc_per_node=N -m cemkit.cli.main predict ...``. Each rank
 (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun) takes slabs ``i % WORLD_SIZE == RANK``, runs
 them on ``cuda:LOCAL_RANK`` and writes its own, disjoint z-chunks of the same zarr arrays (chunk
 depth = slab size, so no two ranks touch one chunk). Rank 0 creates the arrays first and does the
-post-processing after a barrier.
+post-processing after every rank is done; the ranks meet with :func:`cemkit.collective.together`, so
+that one failing rank stops the others.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-
-from cemkit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +38,6 @@ def dist_info() -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``cpu``, ``cuda``/``gpu``
-    (-> ``cuda:LOCAL_RANK``) and ``cuda:N`` are taken as given."""
-    spec = str(spec or "auto").lower()
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if spec in ("cuda", "gpu"):
-        spec = f"cuda:{local_rank}"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={spec}: CUDA is not available on this machine; use device=cpu or auto")
-    try:
-        return torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"device={spec}: not a torch device ({exc})") from exc
-
-
 def init_distributed(info: DistInfo, device: torch.device) -> bool:
     """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, else gloo)."""
     if info.world <= 1:
@@ -67,14 +50,6 @@ def init_distributed(info: DistInfo, device: torch.device) -> bool:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         logger.info("rank %d of %d on %s", info.rank, info.world, device)
     return True
-
-
-def barrier() -> None:
-    """Wait for all ranks (no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:

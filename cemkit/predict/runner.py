@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cemkit.collective import together
+from cemkit.devices import select_device
 from cemkit.errors import ConfigError, InputError
 from cemkit.io.atomic import atomic_write_json
 from cemkit.predict import devices
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("zarr", "tif", "png")
 PROB_DTYPES = ("float16", "uint8", "float32")
+PROGRESS_GLOB = ".progress*.json"  # ".progress.json" (one process) or ".progress.rank{r}.json"
 
 
 @dataclass
@@ -215,69 +218,77 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
 
     s = settings or PredictSettings()
     info = devices.dist_info()
-    device = devices.select_device(s.device, info.local_rank)
+    device = select_device(s.device, info.local_rank)
     devices.init_distributed(info, device)
     output = Path(output)
     t_start = time.perf_counter()
 
-    # cheap checks first: settings, checkpoint files, the input volume; then load the models
-    s.check(None)
-    if s.output_format == "png" and s.prob_dtype != "uint8":
-        logger.info("output_format=png: probabilities are written as uint8 (x255)")
-        s.prob_dtype = "uint8"
-    if (predictions is None) == (checkpoint is None and models is None):
-        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
-                          "maps to combine), exactly one of them")
-    if predictions is not None:
-        if s.orthoplane:
-            raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
-                              "not predictions=[...]")
-        predictions = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
-        s.check(len(predictions))
-        ckpts = None
-    else:
-        ckpts = resolve_checkpoints(checkpoint) if models is None else None
-        s.check(len(ckpts) if models is None else len(models))
-    vol = open_volume(input_path, key=input_key)
-    src = vol.as_uint8()
-    depth, height, width = vol.shape
-    paths: list[Path | None]
-    members: list[dict] | None = None
-    if predictions is not None:
-        saved = open_saved_predictions(predictions, vol.shape)
-        if s.tta:
-            logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
-        members = [saved_record(p) for p in saved]
-        record_models = [m for member in members for m in member.get("models", [])]
-        channels = saved[0].channels
-    else:
-        if models is None:
-            models = load_segmenters(ckpts, device)
-            paths = list(ckpts)
+    # every rank prepares; one that fails stops the others (an error naming it) instead of leaving them waiting
+    with together("preparing the prediction"):
+        # cheap checks first: settings, checkpoint files, the input volume; then load the models
+        s.check(None)
+        if s.output_format == "png" and s.prob_dtype != "uint8":
+            logger.info("output_format=png: probabilities are written as uint8 (x255)")
+            s.prob_dtype = "uint8"
+        if (predictions is None) == (checkpoint is None and models is None):
+            raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
+                              "maps to combine), exactly one of them")
+        if predictions is not None:
+            if s.orthoplane:
+                raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
+                                  "not predictions=[...]")
+            predictions = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
+            s.check(len(predictions))
+            ckpts = None
         else:
-            models = list(models)
-            for m in models:
-                m.module.to(device).eval()
-            paths = [None] * len(models)
-        record_models = [_model_record(m, p) for m, p in zip(models, paths)]
-        channels = output_channels(models, device)
-    multi = channels > 1
-    logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
-                input_path, vol.shape, vol.voxel_size, len(members or record_models),
-                "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
+            ckpts = resolve_checkpoints(checkpoint) if models is None else None
+            s.check(len(ckpts) if models is None else len(models))
+        vol = open_volume(input_path, key=input_key)
+        src = vol.as_uint8()
+        depth, height, width = vol.shape
+        paths: list[Path | None]
+        members: list[dict] | None = None
+        if predictions is not None:
+            saved = open_saved_predictions(predictions, vol.shape)
+            if s.tta:
+                logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
+            members = [saved_record(p) for p in saved]
+            record_models = [m for member in members for m in member.get("models", [])]
+            channels = saved[0].channels
+        else:
+            if models is None:
+                models = load_segmenters(ckpts, device)
+                paths = list(ckpts)
+            else:
+                models = list(models)
+                for m in models:
+                    m.module.to(device).eval()
+                paths = [None] * len(models)
+            record_models = [_model_record(m, p) for m, p in zip(models, paths)]
+            channels = output_channels(models, device)
+        multi = channels > 1
+        logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
+                    input_path, vol.shape, vol.voxel_size, len(members or record_models),
+                    "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
 
-    signature = {
-        "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
-        "models": record_models, "predictions": members, "world": info.world,
-        # post-processing always reruns, so its settings do not invalidate finished slabs
-        "settings": {k: v for k, v in asdict(s).items()
-                     if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
-                                  "watershed_h", "connectivity", "min_size", "overlays")},
-    }
-    progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
-    log = ProgressLog(output / progress_name, signature, resume=s.resume)
-    if log.resumed:
-        logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
+        signature = {
+            "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
+            "models": record_models, "predictions": members,
+            # post-processing always reruns, so its settings do not invalidate finished slabs
+            "settings": {k: v for k, v in asdict(s).items()
+                         if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
+                                      "watershed_h", "connectivity", "min_size", "overlays")},
+        }
+        progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
+        # the records of every rank of the interrupted run, whatever its number of processes: finished
+        # slabs are skipped whichever rank wrote them, so a resume may use another number of processes
+        others = sorted(p for p in output.glob(PROGRESS_GLOB) if p.name != progress_name)
+        log = ProgressLog(output / progress_name, signature, resume=s.resume, others=others, world=info.world)
+        if log.resumed:
+            logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
+            if log.worlds - {info.world}:
+                logger.info("the interrupted run had %s process(es), this one has %d: the slabs it finished are kept, "
+                            "the others are shared out again", "/".join(map(str, sorted(log.worlds))), info.world)
     # one decision for all ranks: a run is resumed when any rank had finished work. (Decided per rank,
     # rank 0 with nothing finished would wipe the arrays while another rank skipped its written slabs.)
     fresh = not devices.any_rank(log.resumed, device if device.type == "cuda" else "cpu")
@@ -291,19 +302,21 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     prob_shape = ((channels,) if multi else ()) + (depth, height, width)
     arrays = {}
     view_stores = {}
-    if info.is_main:
-        if fresh:
-            log.reset()
-        output.mkdir(parents=True, exist_ok=True)
-    for step in (0, 1):  # rank 0 creates, the others reopen after the barrier
-        if (step == 0) == info.is_main:
-            arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
-            arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
-            if s.orthoplane:
-                for name, order in VIEWS.items():
-                    shape = ((channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
-                    view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
-        devices.barrier()
+    for step in (0, 1):  # rank 0 creates the arrays, the others open them after it
+        with together("creating the output arrays" if step == 0 else "opening the output arrays"):
+            if step == 0 and info.is_main:
+                if fresh:  # records of earlier runs (other settings, other process counts) no longer hold
+                    for p in others:
+                        p.unlink(missing_ok=True)
+                    log.reset()
+                output.mkdir(parents=True, exist_ok=True)
+            if (step == 0) == info.is_main:
+                arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
+                arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
+                if s.orthoplane:
+                    for name, order in VIEWS.items():
+                        shape = ((channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
+                        view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
 
     if predictions is not None:
         predictor = SavedMapCombiner(saved, s.ensemble, s.weights, s.threshold)
@@ -316,32 +329,33 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         arrays["mask"][z0:z1] = threshold_mask(chw, s.threshold)
 
     t0 = time.perf_counter()
-    if not s.orthoplane:
-        stats["xy"] = run_slabs(
-            predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
-            skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
-            world=info.world, progress=s.progress, desc="predict")
-    else:
-        for name, order in VIEWS.items():
-            store = view_stores[name]
+    with together("predicting its slabs"):
+        if not s.orthoplane:
+            stats["xy"] = run_slabs(
+                predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
+                skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
+                world=info.world, progress=s.progress, desc="predict")
+        else:
+            for name, order in VIEWS.items():
+                store = view_stores[name]
 
-            def sink(a: int, b: int, p: np.ndarray, store=store) -> None:
-                if store.ndim == 4:
-                    store[:, a:b] = p.transpose(1, 0, 2, 3)
-                else:
-                    store[a:b] = p[:, 0]
+                def sink(a: int, b: int, p: np.ndarray, store=store) -> None:
+                    if store.ndim == 4:
+                        store[:, a:b] = p.transpose(1, 0, 2, 3)
+                    else:
+                        store[a:b] = p[:, 0]
 
-            stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
-                                    skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
-                                    rank=info.rank, world=info.world, progress=s.progress,
-                                    desc=f"predict {name}")
-        devices.barrier()
-        for i, (z0, z1) in enumerate(slab_ranges(depth, s.slab_size)):
-            if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
-                write_final(z0, z1, average_views(view_stores, z0, z1, multi))
-                log.mark(f"avg:{i}")
-    predict_s = time.perf_counter() - t0
-    devices.barrier()  # every slab of every rank is written
+                stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
+                                        skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
+                                        rank=info.rank, world=info.world, progress=s.progress,
+                                        desc=f"predict {name}")
+    if s.orthoplane:
+        with together("averaging the views"):  # after every rank's views are written
+            for i, (z0, z1) in enumerate(slab_ranges(depth, s.slab_size)):
+                if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
+                    write_final(z0, z1, average_views(view_stores, z0, z1, multi))
+                    log.mark(f"avg:{i}")
+    predict_s = time.perf_counter() - t0  # every slab of every rank is written (the meeting above)
     devices.shutdown_distributed()
 
     record = {
