@@ -109,6 +109,8 @@ class MoCoModule(pl.LightningModule):
         Seed of the per-step Shuffle-BN permutations.
     collapse_ratio
         Warn when ``embedding_std * sqrt(dim)`` (1 for well spread embeddings) falls below this.
+    init
+        Where the encoder started (``model.init``), recorded only: :meth:`load_encoder` loads it.
     """
 
     def __init__(self, arch: str = "resnet50", in_chans: int = 1, timm_pretrained: bool = False, dim: int = 128,
@@ -118,7 +120,7 @@ class MoCoModule(pl.LightningModule):
                  weight_decay: float = 1e-4, nesterov: bool = False, schedule: str = "step",
                  milestones: Sequence[float] = (0.6, 0.8), gamma: float = 0.1, warmup_steps: int = 0,
                  total_steps: int = 1000, norms: Sequence[float] | None = None, corpus_id: str | None = None,
-                 channels_last: bool = False, seed: int = 0, collapse_ratio: float = 0.1):
+                 channels_last: bool = False, seed: int = 0, collapse_ratio: float = 0.1, init: str | None = None):
         super().__init__()
         if norms is not None:
             norms = [float(v) for v in norms]
@@ -137,6 +139,35 @@ class MoCoModule(pl.LightningModule):
         self._collapse_warned = False
 
     # state-dict keys: "model.encoder_q.*" is the encoder to export
+
+    def load_encoder(self, weights) -> dict[str, Any]:
+        """Continue from encoder weights: load them into the query encoder and copy it into the key encoder.
+
+        Parameters
+        ----------
+        weights
+            :class:`~cemkit.models.encoders.EncoderWeights` (or anything
+            :func:`~cemkit.models.encoders.read_encoder_weights` reads); every encoder key must match.
+
+        Returns
+        -------
+        dict
+            ``source``, ``layout``, ``arch``, ``loaded`` (tensor count), ``missing`` and ``unexpected`` keys.
+        """
+        from cemkit.models.encoders import EncoderWeights, load_encoder_weights, read_encoder_weights
+
+        if not isinstance(weights, EncoderWeights):
+            weights = read_encoder_weights(weights)
+        encoder_q, encoder_k = self.model.encoder_q, self.model.encoder_k
+        own, given = set(encoder_q.state_dict()), set(weights.state_dict)
+        result = load_encoder_weights(encoder_q, weights, strict=True)
+        with torch.no_grad():
+            encoder_k.load_state_dict(encoder_q.state_dict())
+            for p_k, p_q in zip(self.model.head_k.parameters(), self.model.head_q.parameters()):
+                p_k.copy_(p_q)
+        return {"source": str(weights.meta.get("source", "")), "layout": weights.meta.get("layout"),
+                "arch": weights.arch, "loaded": len(own & given), "missing": list(result.missing_keys),
+                "unexpected": list(result.unexpected_keys)}
 
     def _shuffle_generator(self) -> torch.Generator:
         """The Shuffle-BN permutation of a step depends only on (seed, step): resumed runs repeat it."""
