@@ -246,6 +246,13 @@ class StepBatchSampler(Sampler[list[int]]):
             yield list(range(first, first + self.local))
 
 
+def single_threaded_worker(worker_id: int) -> None:
+    """Loader worker set-up: OpenCV without its thread pool (each worker is one of many processes)."""
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
 def collate_views(batch: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack ``(2, 1, H, W)`` pairs into ``(B, 2, 1, H, W)``."""
     return torch.stack(list(batch))
@@ -298,7 +305,8 @@ class PretrainDataModule(_lightning_datamodule_base()):
         log.debug("rank %d/%d: data from step %d to %d", rank, world, start, self.total_steps)
         extra = {}
         if self.num_workers > 0:
-            extra = {"persistent_workers": False, "prefetch_factor": self.prefetch_factor}
+            extra = {"persistent_workers": False, "prefetch_factor": self.prefetch_factor,
+                     "worker_init_fn": single_threaded_worker}
         pin = self.pin_memory and torch.cuda.is_available()
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_views, pin_memory=pin, **extra)
