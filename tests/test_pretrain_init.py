@@ -84,6 +84,21 @@ def test_model_init_loads_the_encoder_into_query_and_key_encoders(tmp_path, imag
     assert not torch.equal(fresh.model.encoder_q.state_dict()["conv1.0.weight"], sd["conv1.0.weight"])
 
 
+def test_fill_queue_writes_the_key_encoders_keys(tmp_path, images):
+    import copy
+
+    sd = _encoder_sd("resnet10t", seed=6)
+    cfg = _cfg(tmp_path / "out", images, f"model.init={_export(tmp_path / 'encoder.pth', 'resnet10t', sd)}")
+    module = build_module(cfg, open_source(cfg.data), steps=2)
+    reference = copy.deepcopy(module.model)
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 2, 1, 64, 64) for _ in range(9)]  # 72 keys into a queue of 64: the last 64 stay
+    assert module.fill_queue(batches) == 64
+    keys = torch.cat([reference.embed_key(b[:, 1]) for b in batches])
+    torch.testing.assert_close(module.model.queue, keys[8:].T.roll(8, dims=1))  # keys 64-71 overwrote 0-7
+    assert int(module.model.queue_ptr) == 8
+
+
 def test_model_init_of_another_arch_builds_it_unless_one_is_named(tmp_path, images):
     sd = _encoder_sd("resnet18", seed=4)
     path = _export(tmp_path / "encoder.pth", "resnet18", sd)
@@ -110,7 +125,8 @@ def test_continued_pretraining_runs_and_reports_what_it_loaded(tmp_path, images,
     text = capsys.readouterr()
     text = text.out + text.err
     assert f"model.init {path} (layout cemkit-encoder, resnet10t): {len(sd)} tensors loaded into the query and key " \
-           "encoders, 0 missing, 0 unexpected" in text
+           "encoders, 0 missing, 0 unexpected; the queue is filled with this encoder's keys before the first step" in text
+    assert "queue filled with 64 keys of the loaded encoder (of 64)" in text
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["init"] == str(path)
     assert (out / "encoder.pth").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,7 +100,8 @@ def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True,
     With ``model.init``, the encoder architecture is the weights' own unless the command names one
     (:func:`cemkit.models.arch_choice.arch_for_weights`), and, when ``load_init`` (a fresh run, not a
     resume), the weights are loaded into the query encoder and copied into the key encoder; the
-    queue is filled by the keys of the first ``queue_size / batch_size`` steps.
+    queue is filled from it by :meth:`~cemkit.pretrain.module.MoCoModule.fill_queue` at the start of
+    the run (``moco.init_queue``; else by the keys of the first ``queue_size / batch_size`` steps).
     """
     from cemkit.models.arch_choice import arch_for_weights, command_line_overrides
     from cemkit.models.arch_choice import encoder_named as names_encoder
@@ -124,10 +126,12 @@ def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True,
         collapse_ratio=float(moco.collapse_ratio), init=None if weights is None else str(init_spec))
     if weights is not None and load_init:
         report = module.load_encoder(weights)
+        queue = ("is filled with this encoder's keys before the first step" if moco.get("init_queue", True)
+                 else f"fills with this encoder's keys over the first "
+                      f"{-(-int(moco.queue_size) // int(cfg.data.batch_size))} steps")
         log.info("model.init %s (layout %s, %s): %d tensors loaded into the query and key encoders, %d missing, "
-                 "%d unexpected; the queue fills with this encoder's keys over the first %d steps",
-                 report["source"], report["layout"], arch, report["loaded"], len(report["missing"]),
-                 len(report["unexpected"]), -(-int(moco.queue_size) // int(cfg.data.batch_size)))
+                 "%d unexpected; the queue %s", report["source"], report["layout"], arch, report["loaded"],
+                 len(report["missing"]), len(report["unexpected"]), queue)
     elif weights is not None:
         log.info("model.init %s: not loaded, the run resumes from its checkpoint", init_spec)
     return module
@@ -163,6 +167,9 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     module = build_module(cfg, source, steps, load_init=ckpt_path is None)
     datamodule = PretrainDataModule(source, cfg.augment, int(cfg.data.image_size), int(cfg.data.batch_size),
                                     int(cfg.data.num_workers), steps, seed=int(cfg.seed))
+    if module.hparams.init and ckpt_path is None and cfg.moco.get("init_queue", True):
+        # built when training starts (the data module knows its rank then)
+        module.queue_fill = functools.partial(datamodule.queue_fill_dataloader, int(cfg.moco.queue_size))
 
     logger = build_logger(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -296,6 +296,19 @@ class PretrainDataModule(_lightning_datamodule_base()):
         self.total_steps, self.seed = int(total_steps), int(seed)
         self.pin_memory, self.prefetch_factor = bool(pin_memory), prefetch_factor
 
+    def queue_fill_dataloader(self, queue_size: int) -> DataLoader:
+        """Batches of ``ceil(queue_size / batch_size)`` steps for filling the queue, from a stream of its own
+        (seeded by ``(seed, 5)``, not the training stream); each rank gets its share, as in training."""
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        dataset = TwoViewDataset(self.dataset.patches, self.transform, mix_seed(self.seed, 5))
+        steps = -(-int(queue_size) // self.batch_size)
+        sampler = StepBatchSampler(self.batch_size, rank, world, 0, steps)
+        extra = {"worker_init_fn": single_threaded_worker} if self.num_workers > 0 else {}
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_views,
+                          pin_memory=self.pin_memory and torch.cuda.is_available(), **extra)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -169,6 +170,41 @@ class MoCoModule(pl.LightningModule):
                 "arch": weights.arch, "loaded": len(own & given), "missing": list(result.missing_keys),
                 "unexpected": list(result.unexpected_keys)}
 
+    @torch.no_grad()
+    def fill_queue(self, batches) -> int:
+        """Replace the queue by keys of the key encoder: the second view of each two-view batch ``(B, 2, 1, H, W)``.
+
+        Keys are computed as in a training step (Shuffle-BN, all ranks gathered) and written from
+        column 0 on; the pointer is left after the newest key, so training replaces the oldest first. Used by continued pretraining (``model.init``) so
+        that the queue starts from the loaded encoder. Returns the number of keys written.
+        """
+        from cemkit.pretrain.moco import concat_all_gather, enqueue
+
+        queue, ptr = self.model.queue, self.model.queue_ptr
+        ptr.zero_()
+        written = 0
+        context = (self.trainer.precision_plugin.forward_context() if self._trainer is not None
+                   else contextlib.nullcontext())
+        with context:
+            for batch in batches:
+                im_k = batch[:, 1].to(self.device, non_blocking=True)
+                if self.hparams.channels_last:
+                    im_k = im_k.contiguous(memory_format=torch.channels_last)
+                keys = concat_all_gather(self.model.embed_key(im_k))
+                enqueue(queue, ptr, keys)
+                written += keys.shape[0]
+        return min(written, queue.shape[1])
+
+    def on_train_start(self) -> None:
+        """Fill the queue from the loaded encoder (``queue_fill`` set by the command) at the start of a fresh run,
+        then apply this run's schedule."""
+        batches = getattr(self, "queue_fill", None)
+        if batches is not None and self.global_step == 0:
+            n = self.fill_queue(batches() if callable(batches) else batches)
+            log.info("queue filled with %d keys of the loaded encoder (of %d)", n, self.model.queue.shape[1])
+        self.queue_fill = None
+        self._apply_run_schedule()
+
     def _shuffle_generator(self) -> torch.Generator:
         """The Shuffle-BN permutation of a step depends only on (seed, step): resumed runs repeat it."""
         return torch.Generator().manual_seed(mix_seed(self.hparams.seed, 3, self.global_step))
@@ -181,7 +217,7 @@ class MoCoModule(pl.LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def on_train_start(self) -> None:
+    def _apply_run_schedule(self) -> None:
         """Apply this run's schedule after a resume (``LambdaLR`` restores the schedule of the checkpoint).
 
         With an unchanged config this is a no-op; a run extended with a larger ``trainer.max_steps``
