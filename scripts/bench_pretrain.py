@@ -2,8 +2,8 @@
 
 Both implementations get the same timm encoder (1 input channel), image size, batch, queue size,
 projection head (encoder width -> encoder width -> 128), temperature 0.2, SGD and the same input
-tensors. Steps are interleaved (cemkit, lightly, cemkit, ...) so that load changes on a shared
-machine hit both alike; the medians after warm-up are reported.
+tensors. Steps are interleaved (cemkit, lightly, cemkit, ..., the order rotating every round) so that
+load changes on a shared machine hit both alike; the medians after warm-up are reported.
 
 cemkit runs twice: with its defaults (single-device Shuffle-BN emulation: 8 BN splits and a shuffled
 key batch) and with Shuffle-BN off (what lightly's MoCo v2 example does).
@@ -125,7 +125,8 @@ def time_steps(runners, xq, xk, steps, warmup, device, amp_dtype, clock=time.per
     ``time.process_time`` (CPU time of this process: steadier than wall time on a shared CPU)."""
     times = {r.label: [] for r in runners}
     for i in range(warmup + steps):
-        for r in runners:
+        shift = i % len(runners)  # rotate the order: no runner always follows the same one
+        for r in runners[shift:] + runners[:shift]:
             _sync(device)
             t0 = clock()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -6,6 +6,8 @@
 #      (members trained here for a few steps: speed, not accuracy) against CDeep3M's "under 1 minute"
 #
 #   bash scripts/gpu_check.sh [WORK_DIR]        (default WORK_DIR: outputs/gpu_check)
+#   GPU_CHECK_PYTHON=python bash scripts/gpu_check.sh --cpu-tiny [WORK_DIR]
+#                                                (every step on the CPU at tiny sizes: a check of the script)
 #
 # Uses .venv when it exists, else creates it with `make venv` (pip with constraints.txt, from the
 # local package cache). Every part runs under `timeout`, within an overall budget of GPU_CHECK_BUDGET
@@ -15,6 +17,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-480}
+TINY=()
+if [[ ${1:-} == --cpu-tiny ]]; then TINY=(--cpu-tiny); shift; fi
 WORK=${1:-outputs/gpu_check}
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1
 FAILED=()
@@ -38,30 +42,40 @@ part() {
     return $rc
 }
 
-if [[ ! -x .venv/bin/python || ! -f .venv/.installed ]]; then
-    part "set-up (make venv)" 300 make venv || { echo "set-up failed"; exit 1; }
+if [[ -n ${GPU_CHECK_PYTHON:-} ]]; then
+    PY=$GPU_CHECK_PYTHON
+else
+    if [[ ! -x .venv/bin/python || ! -f .venv/.installed ]]; then
+        part "set-up (make venv)" 300 make venv || { echo "set-up failed"; exit 1; }
+    fi
+    PY=.venv/bin/python
 fi
-PY=.venv/bin/python
-CEMKIT=.venv/bin/cemkit
-if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "no CUDA device: torch.cuda.is_available() is False (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1))"
-    exit 3
+CEMKIT=("$PY" -m cemkit.cli.main)
+if (( ${#TINY[@]} )); then
+    DEVICE=(trainer=cpu data.crop=64 trainer.max_steps=1 val.every=1)
+    PREDICT=(device=cpu tile_size=64 border=8 tta=2) SIZE="6 x 100 x 100, tta=2"
+else
+    if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "no CUDA device: torch.cuda.is_available() is False (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1))"
+        exit 3
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    DEVICE=(model/encoder=resnet18 trainer=gpu data.crop=256 trainer.max_steps=4 val.every=4)
+    PREDICT=(device=cuda tta=16) SIZE="100 x 1000 x 1000, tta=16"
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-part "MoCo vs supervised step" 110 $PY scripts/bench_gpu.py moco --steps 20
-part "finetune step" 70 $PY scripts/bench_gpu.py finetune --steps 10
+part "MoCo vs supervised step" 110 $PY scripts/bench_gpu.py "${TINY[@]}" moco --steps 20
+part "finetune step" 70 $PY scripts/bench_gpu.py "${TINY[@]}" finetune --steps 10
 
 mkdir -p "$WORK"
-part "synthetic data" 40 $PY scripts/bench_gpu.py data "$WORK/data"
-part "train 1fm/3fm/5fm members (a few steps each)" 90 $CEMKIT finetune +experiment=tiny_finetune \
-    model/encoder=resnet18 trainer=gpu model.frames=all data.images="$WORK/data/train_images.tif" \
-    data.labels="$WORK/data/train_labels.tif" data.crop=256 trainer.max_steps=4 val.every=4 val.overlays=0 \
-    overwrite=true output="$WORK/models"
+part "synthetic data" 40 $PY scripts/bench_gpu.py "${TINY[@]}" data "$WORK/data"
+part "train 1fm/3fm/5fm members (a few steps each)" 90 "${CEMKIT[@]}" finetune +experiment=tiny_finetune \
+    "${DEVICE[@]}" model.frames=all data.images="$WORK/data/train_images.tif" \
+    data.labels="$WORK/data/train_labels.tif" val.overlays=0 overwrite=true output="$WORK/models"
 rm -rf "$WORK/predicted"
-if part "cemkit predict 100 x 1000 x 1000, tta=16, 1fm/3fm/5fm ensemble" 200 $CEMKIT predict \
-    checkpoint="$WORK/models" input="$WORK/data/volume.tif" output="$WORK/predicted" tta=16 device=cuda \
+if part "cemkit predict $SIZE, 1fm/3fm/5fm ensemble" 200 "${CEMKIT[@]}" predict \
+    checkpoint="$WORK/models" input="$WORK/data/volume.tif" output="$WORK/predicted" "${PREDICT[@]}" \
     instances=false overlays=0 progress=false resume=false; then
     echo "predict: ${LAST_WALL}s wall (process start, model loading, reading and writing included) against" \
          "CDeep3M's under 60 s: $(python3 -c "import sys; print(f'{60 / float(sys.argv[1]):.2f}x')" "$LAST_WALL")"
