@@ -2,13 +2,14 @@
 
 Both implementations get the same timm encoder (1 input channel), image size, batch, queue size,
 projection head (encoder width -> encoder width -> 128), temperature 0.2, SGD and the same input
-tensors. Steps are interleaved (cemkit, lightly, cemkit, ...) so that load changes on a shared
-machine hit both alike; the medians after warm-up are reported.
+tensors. Steps are interleaved (cemkit, lightly, cemkit, ..., the order rotating every round) so that
+load changes on a shared machine hit both alike; the medians after warm-up are reported.
 
 cemkit runs twice: with its defaults (single-device Shuffle-BN emulation: 8 BN splits and a shuffled
 key batch) and with Shuffle-BN off (what lightly's MoCo v2 example does).
 
-    python scripts/bench_pretrain.py                 # CPU: resnet18, 128 px, batch 32, K 4096
+    python scripts/bench_pretrain.py                 # CPU: resnet18, 128 px, batch 32, K 4096; augmentation
+    python scripts/bench_pretrain.py --no-steps      # augmentation pairs/s per worker only (224 and 128 px)
     python scripts/bench_pretrain.py --gpu           # CUDA: resnet50, 224 px, batch 128, K 65536, bf16,
                                                      # channels-last, plus a supervised resnet50 step
 
@@ -119,28 +120,35 @@ class SupervisedStep:
         return loss
 
 
-def time_steps(runners, xq, xk, steps, warmup, device, amp_dtype):
+def time_steps(runners, xq, xk, steps, warmup, device, amp_dtype, clock=time.perf_counter):
+    """Median seconds per step of each runner, steps interleaved; ``clock``: ``time.perf_counter`` (wall) or
+    ``time.process_time`` (CPU time of this process: steadier than wall time on a shared CPU)."""
     times = {r.label: [] for r in runners}
     for i in range(warmup + steps):
-        for r in runners:
+        shift = i % len(runners)  # rotate the order: no runner always follows the same one
+        for r in runners[shift:] + runners[:shift]:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = r(xq, xk)
             loss.item()  # forces completion
             _sync(device)
             if i >= warmup:
-                times[r.label].append(time.perf_counter() - t0)
+                times[r.label].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_augment(size, count):
-    """Two-view pairs per second of cemkit's EM pipeline (and lightly's MoCoV2Transform) in one process."""
+def bench_augment(sizes, count, repeats=3):
+    """Two-view pairs per second of cemkit's EM pipeline (and lightly's MoCoV2Transform) in one process set up
+    as a data-loader worker (1 torch thread, OpenCV single-threaded); median of ``repeats`` interleaved rounds."""
+    import cv2
     from omegaconf import OmegaConf
 
     from cemkit.io import open_volume
     from cemkit.pretrain.augment import TwoViewTransform
 
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
     files = sorted(SAMPLES.glob("*.tif*")) if SAMPLES.is_dir() else []
     if files:
         images = [np.asarray(open_volume(f).as_uint8()[0:1][0]) for f in files]
@@ -148,45 +156,34 @@ def bench_augment(size, count):
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (224, 224), dtype=np.uint8) for _ in range(10)]
     cfg = OmegaConf.load(ROOT / "conf" / "pretrain" / "augment" / "em.yaml")
-    transform = TwoViewTransform(cfg, size, 0.58, 0.1)
-    results = {}
-    for _ in range(5):
-        transform(images[0], 0)
-    t0 = time.perf_counter()
-    for i in range(count):
-        transform(images[i % len(images)], i)
-    results["cemkit (albumentations, EM recipe)"] = count / (time.perf_counter() - t0)
-    try:
-        from lightly.transforms import MoCoV2Transform
-        from PIL import Image
+    runners = {}
+    for size in sizes:
+        transform = TwoViewTransform(cfg, size, 0.58, 0.1)
+        runners[("cemkit (EM recipe)", size)] = (lambda t: lambda i: t(images[i % len(images)], i))(transform)
+        try:
+            from lightly.transforms import MoCoV2Transform
+            from PIL import Image
 
-        lt = MoCoV2Transform(input_size=size, normalize={"mean": [0.58], "std": [0.1]})
-        pil = [Image.fromarray(im) for im in images]
-        for _ in range(5):
-            lt(pil[0])
-        t0 = time.perf_counter()
-        for i in range(count):
-            lt(pil[i % len(pil)])
-        results["lightly MoCoV2Transform (torchvision)"] = count / (time.perf_counter() - t0)
-    except Exception as exc:  # noqa: BLE001 - optional peer
-        print(f"(lightly transform not timed: {exc})")
-    return results, ("real CEM500K patches" if files else "random images")
+            lt = MoCoV2Transform(input_size=size, normalize={"mean": [0.58], "std": [0.1]})
+            pil = [Image.fromarray(im) for im in images]
+            runners[("lightly MoCoV2Transform", size)] = (lambda t: lambda i: t(pil[i % len(pil)]))(lt)
+        except Exception as exc:  # noqa: BLE001 - optional peer
+            print(f"(lightly transform not timed: {exc})")
+    rates = {key: [] for key in runners}
+    for key, fn in runners.items():
+        for i in range(5):
+            fn(i)
+    for _ in range(repeats):
+        for key, fn in runners.items():
+            t0 = time.perf_counter()
+            for i in range(count):
+                fn(i)
+            rates[key].append(count / (time.perf_counter() - t0))
+    return {key: statistics.median(v) for key, v in rates.items()}, ("real CEM500K patches" if files else "random images")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", action="store_true", help="CUDA, resnet50, 224 px, batch 128, K 65536, bf16")
-    p.add_argument("--arch", default=None)
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--queue", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per implementation")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
-    p.add_argument("--aug-pairs", type=int, default=300, help="view pairs for the augmentation timing")
-    p.add_argument("--no-lightly", action="store_true")
-    args = p.parse_args(argv)
-
+def bench_steps(args) -> dict:
+    """Interleaved MoCo steps (cemkit with and without Shuffle-BN, lightly, a supervised step on a GPU)."""
     gpu = args.gpu
     arch = args.arch or ("resnet50" if gpu else "resnet18")
     size = args.size or (224 if gpu else 128)
@@ -228,7 +225,11 @@ def main(argv=None) -> int:
     print(f"MoCo v2 step: {arch}, 1 channel, {size} px, batch {batch}, K {queue}, device {device}, "
           f"{'bf16' if amp else 'fp32'}, threads {torch.get_num_threads()}, median of {steps} steps "
           f"after {args.warmup} warm-up (interleaved)")
-    med = time_steps(runners, xq, xk, steps, args.warmup, device, amp)
+    cpu_clock = args.clock == "cpu" and not gpu
+    if cpu_clock:
+        print("  (process CPU time per step, all threads summed: img/s are per CPU-second)")
+    med = time_steps(runners, xq, xk, steps, args.warmup, device, amp,
+                     clock=time.process_time if cpu_clock else time.perf_counter)
     for label, t in med.items():
         print(f"  {label:<32} {t * 1000:9.1f} ms/step  {batch / t:9.1f} img/s")
     peer = med.get("lightly MoCo v2")
@@ -238,11 +239,38 @@ def main(argv=None) -> int:
     if "supervised step" in med:
         for label in [k for k in med if k != "supervised step"]:
             print(f"  {label} step time / supervised step: {med[label] / med['supervised step']:.2f}")
+    return med
 
-    aug, what = bench_augment(size if not gpu else 224, args.aug_pairs)
-    print(f"augmentation, one worker process, {what}, {size if not gpu else 224} px output:")
-    for label, pairs in aug.items():
-        print(f"  {label:<40} {pairs:8.1f} pairs/s  {2 * pairs:8.1f} images/s")
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="CUDA, resnet50, 224 px, batch 128, K 65536, bf16")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--queue", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per implementation")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    p.add_argument("--aug-pairs", type=int, default=300, help="view pairs per round of the augmentation timing "
+                                                                "(0: skip it)")
+    p.add_argument("--aug-repeats", type=int, default=3, help="rounds of the augmentation timing (median)")
+    p.add_argument("--no-steps", action="store_true", help="time the augmentation only")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="CPU steps: wall time, or process CPU time (steadier on a shared machine)")
+    p.add_argument("--no-lightly", action="store_true")
+    args = p.parse_args(argv)
+
+    if not args.no_steps:
+        bench_steps(args)
+    if args.aug_pairs > 0:
+        aug, what = bench_augment((224, 128), args.aug_pairs, args.aug_repeats)
+        print(f"augmentation pairs/s per loader worker (1 process, 1 thread), {what}, median of {args.aug_repeats} "
+              f"rounds of {args.aug_pairs} pairs:")
+        for (label, px), pairs in aug.items():
+            feed = 2000 / (2 * pairs)
+            print(f"  {label:<28} {px:4d} px {pairs:8.1f} pairs/s  {2 * pairs:8.1f} img/s  "
+                  f"(workers for 2000 img/s: {feed:.1f})")
     return 0
 
 

@@ -123,13 +123,27 @@ def test_split_batchnorm_uses_per_split_statistics():
     split.load_state_dict(bn.state_dict())
     out = split(x)
     torch.testing.assert_close(out_channels_last, out)
-    for s in range(2):  # split s = samples 4s .. 4s + 3
+    for s in range(2):  # split s = samples s, s + 2, s + 4, s + 6
         ref_bn = nn.BatchNorm2d(3)
         ref_bn.load_state_dict(bn.state_dict())
-        torch.testing.assert_close(out[4 * s:4 * s + 4], ref_bn(x[4 * s:4 * s + 4]), rtol=1e-5, atol=1e-5)
-    # running stats: mean of the two splits' updates (momentum 0.1)
-    mean_s = torch.stack([x[4 * s:4 * s + 4].mean(dim=(0, 2, 3)) for s in range(2)])
+        torch.testing.assert_close(out[s::2], ref_bn(x[s::2]), rtol=1e-5, atol=1e-5)
+    assert out_channels_last.is_contiguous(memory_format=torch.channels_last)
+    # running stats: mean of the two splits' updates (momentum 0.1; unbiased variances as BatchNorm)
+    mean_s = torch.stack([x[s::2].mean(dim=(0, 2, 3)) for s in range(2)])
+    var_s = torch.stack([x[s::2].var(dim=(0, 2, 3), unbiased=True) for s in range(2)])
     torch.testing.assert_close(split.running_mean, 0.1 * mean_s.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split.running_var, 0.9 + 0.1 * var_s.mean(0), rtol=1e-5, atol=1e-6)
+    # gradients equal those of per-split BatchNorm
+    xg = x.clone().requires_grad_(True)
+    split.train()
+    (split(xg) * torch.arange(8.0).view(8, 1, 1, 1)).sum().backward()
+    ref, xr = nn.BatchNorm2d(3), x.clone().requires_grad_(True)
+    ref.load_state_dict(bn.state_dict())
+    ref_out = torch.empty_like(x)
+    for s in range(2):
+        ref_out[s::2] = ref(xr[s::2])
+    (ref_out * torch.arange(8.0).view(8, 1, 1, 1)).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-4, atol=1e-5)
     # eval: plain BN with running statistics
     split.eval(), bn.eval()
     torch.testing.assert_close(split(x), nn.functional.batch_norm(x, split.running_mean, split.running_var,
@@ -185,6 +199,34 @@ def test_two_views_are_seeded_and_normalised():
     torch.testing.assert_close(plain[1, 0], ref, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError):
         TwoViewTransform(dict(AUG, rotate={"limit": 10, "p": 0.5, "border_mode": "mirror"}), 48, 0.5, 0.25)
+
+
+def test_view_warp_is_crop_resize_rotation_and_flips_in_one_resampling():
+    import cv2
+
+    from cemkit.pretrain.augment import crop_box, view_matrix
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(40, 40), dtype=np.uint8)
+
+    def warp(size, box, angle, fh, fv):
+        m = view_matrix(size, box, angle, img.shape, fh, fv)
+        return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+    np.testing.assert_array_equal(warp(40, (0, 0, 40, 40), 0.0, False, False), img)
+    np.testing.assert_array_equal(warp(40, (0, 0, 40, 40), 0.0, True, True), img[::-1, ::-1])
+    np.testing.assert_array_equal(warp(20, (10, 5, 20, 20), 0.0, True, False), img[10:30, 5:25][:, ::-1])
+    # a crop resized to half its size: the pixel-centre-aligned mean of 2 x 2 blocks, as cv2.resize
+    # (fixed-point rounding of the two OpenCV paths differs by at most 1)
+    half = warp(10, (4, 8, 20, 20), 0.0, False, False).astype(int)
+    assert np.abs(half - cv2.resize(img[4:24, 8:28], (10, 10), interpolation=cv2.INTER_LINEAR)).max() <= 1
+    # 90 degrees counter-clockwise about the centre, as np.rot90
+    assert np.abs(warp(40, (0, 0, 40, 40), 90.0, False, False).astype(int) - np.rot90(img)).max() <= 1
+    # crops: inside the image, area fraction within scale, aspect within ratio (up to rounding)
+    for _ in range(200):
+        top, left, h, w = crop_box(rng, 60, 80, (0.2, 1.0), (0.75, 4 / 3))
+        assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
+        assert 0.2 * 4800 * 0.9 <= h * w <= 4800 and 0.7 <= w / h <= 1.4
 
 
 # ----------------------------------------------------------------------------- data order

@@ -19,7 +19,8 @@ COMMANDS: tuple[Command, ...] = (
             "Cut raw EM images/volumes into 224 px patches, drop near-duplicates and uninformative "
             "patches, write a pretraining corpus."),
     Command("pretrain", "cemkit.pretrain.command:run",
-            "Self-supervised MoCoV2 pretraining of a timm encoder on a corpus or image folder."),
+            "Self-supervised MoCoV2 pretraining of a timm encoder on a corpus, image folders or volumes.",
+            list_keys=("data.images",)),
     Command("finetune", "cemkit.finetune.command:run",
             "Train 1fm/3fm/5fm DeepEM3D-style segmentation models from a pretrained encoder."),
     Command("predict", "cemkit.predict.command:run",

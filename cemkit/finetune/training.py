@@ -92,12 +92,19 @@ def plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def build_model(cfg: DictConfig, frames: int, init: InitSource):
+def build_model(cfg: DictConfig, frames: int, init: InitSource, encoder_named: bool | None = None):
     """Create the segmenter for ``frames`` from ``cfg.model`` and the resolved ``model.init``.
+
+    Encoder weights of another architecture than ``model.encoder.arch`` build the checkpoint's
+    architecture, unless the encoder was named on the command line (``encoder_named``; ``None``:
+    read from the running Hydra command), which is an error naming both
+    (:func:`cemkit.models.arch_choice.arch_for_weights`).
 
     Returns ``(model, norms or None, load_report)``.
     """
     from cemkit.finetune.checkpoint import segmenter_from_checkpoint
+    from cemkit.models.arch_choice import arch_for_weights, command_line_overrides
+    from cemkit.models.arch_choice import encoder_named as names_encoder
     from cemkit.models.deepem3d import FRAME_INITS, build_segmenter
 
     num_classes = int(cfg.data.num_classes)
@@ -123,8 +130,11 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource):
     frame_init = str(m.get("frame_init", "mean"))
     if frame_init not in FRAME_INITS:
         raise ConfigError(f"model.frame_init must be one of {', '.join(FRAME_INITS)}, got {frame_init!r}")
+    if encoder_named is None:
+        encoder_named = names_encoder(command_line_overrides())
+    arch = arch_for_weights(str(m.encoder.arch), init.weights, encoder_named)
     model, report = build_segmenter(
-        str(m.encoder.arch), frames, num_classes, weights=init.weights,
+        arch, frames, num_classes, weights=init.weights,
         timm_pretrained=bool(m.encoder.get("timm_pretrained", False)) and init.kind == "none",
         decoder_width=m.get("decoder_width"), dilations=list(m.dilations),
         dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu),

@@ -45,6 +45,7 @@ __all__ = [
     "adapt_first_conv",
     "create_encoder",
     "first_conv_name",
+    "infer_arch",
     "load_encoder_weights",
     "read_encoder_weights",
 ]
@@ -361,6 +362,53 @@ def _infer_in_chans(sd: Mapping[str, torch.Tensor]) -> int | None:
     for value in sd.values():  # state dicts follow module registration order: the stem comes first
         if value.ndim == 4:
             return int(value.shape[1])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# which architecture a state dict is for
+
+# Tried in this order by :func:`infer_arch` when a checkpoint does not record its architecture
+# (CEM500K / cellemnet files from before ``arch`` was stored, plain state dicts).
+INFERABLE_ARCHS = ("resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet18d",
+                   "resnet26", "resnet34d", "resnet50d", "resnext50_32x4d", "wide_resnet50_2",
+                   "efficientnet_b0", "convnext_atto")
+
+
+def infer_arch(state_dict: Mapping[str, torch.Tensor], candidates: tuple[str, ...] = INFERABLE_ARCHS) -> str | None:
+    """The timm architecture whose encoder has exactly these keys and tensor shapes, or ``None``.
+
+    Each candidate is built on the ``meta`` device (no memory, milliseconds) and compared key by key;
+    the input-channel dimension of 4D kernels is ignored (it is adapted when loading). Keys of a
+    classifier head (``fc.*``) in ``state_dict`` are ignored.
+
+    Parameters
+    ----------
+    state_dict
+        Encoder weights in timm names (e.g. :attr:`EncoderWeights.state_dict`).
+    candidates
+        timm names to try, in order; the first that matches is returned.
+    """
+    import timm
+
+    def signature(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for key, value in sd.items():
+            if key.startswith("fc.") or not isinstance(value, torch.Tensor):
+                continue
+            shape = tuple(value.shape)
+            out[key] = (shape[0], *shape[2:]) if len(shape) == 4 else shape
+        return out
+
+    want = signature(state_dict)
+    for arch in candidates:
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(arch, in_chans=1, num_classes=0)
+        except Exception:  # noqa: BLE001 - a candidate this timm does not know
+            continue
+        if signature(model.state_dict()) == want:
+            return arch
     return None
 
 

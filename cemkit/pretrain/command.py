@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,72 @@ def _strategy(trainer_cfg: DictConfig):
     return strategy
 
 
+def read_init(spec: Any):
+    """``model.init`` of pretrain: ``None`` for none, else the :class:`~cemkit.models.encoders.EncoderWeights` it names.
+
+    Accepts what :func:`cemkit.models.encoders.read_encoder_weights` reads (a ``cemkit export`` encoder,
+    a ``cemkit pretrain`` checkpoint, a CEM500K / cellemnet MoCo checkpoint, SwAV, timm / torchvision
+    state dicts) and ``zoo:NAME`` for an encoder of the model zoo.
+    """
+    from cemkit.models.encoders import read_encoder_weights
+
+    text = "none" if spec is None else str(spec).strip()
+    if text.lower() in ("", "none", "null", "random"):
+        return None
+    if text.startswith("zoo:"):
+        from cemkit.zoo import resolve
+
+        path = Path(resolve(text))
+    else:
+        path = Path(text).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: model.init encoder weights not found")
+    return read_encoder_weights(path)
+
+
+def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True, encoder_named: bool | None = None):
+    """The :class:`~cemkit.pretrain.module.MoCoModule` of ``cfg``, continued from ``model.init`` when set.
+
+    With ``model.init``, the encoder architecture is the weights' own unless the command names one
+    (:func:`cemkit.models.arch_choice.arch_for_weights`), and, when ``load_init`` (a fresh run, not a
+    resume), the weights are loaded into the query encoder and copied into the key encoder; the
+    queue is filled from it by :meth:`~cemkit.pretrain.module.MoCoModule.fill_queue` at the start of
+    the run (``moco.init_queue``; else by the keys of the first ``queue_size / batch_size`` steps).
+    """
+    from cemkit.models.arch_choice import arch_for_weights, command_line_overrides
+    from cemkit.models.arch_choice import encoder_named as names_encoder
+    from cemkit.pretrain.module import MoCoModule
+
+    init_spec = cfg.model.get("init")
+    weights = read_init(init_spec)
+    if encoder_named is None:
+        encoder_named = names_encoder(command_line_overrides())
+    arch = arch_for_weights(str(cfg.model.encoder.arch), weights, encoder_named)
+    opt, moco = cfg.optimizer, cfg.moco
+    module = MoCoModule(
+        arch=arch, in_chans=int(cfg.model.in_chans),
+        timm_pretrained=bool(cfg.model.encoder.get("timm_pretrained", False)) and weights is None,
+        dim=int(moco.dim), queue_size=int(moco.queue_size), momentum=float(moco.momentum),
+        temperature=float(moco.temperature), mlp_hidden=moco.mlp_hidden, bn_splits=int(moco.bn_splits),
+        shuffle_bn=bool(moco.shuffle_bn), batch_size=int(cfg.data.batch_size), lr=opt.lr, base_lr=float(opt.base_lr),
+        sgd_momentum=float(opt.momentum), weight_decay=float(opt.weight_decay), nesterov=bool(opt.nesterov),
+        schedule=str(opt.schedule), milestones=list(opt.milestones), gamma=float(opt.gamma),
+        warmup_steps=int(opt.warmup_steps), total_steps=steps, norms=[source.mean, source.std],
+        corpus_id=source.source_id, channels_last=bool(cfg.channels_last), seed=int(cfg.seed),
+        collapse_ratio=float(moco.collapse_ratio), init=None if weights is None else str(init_spec))
+    if weights is not None and load_init:
+        report = module.load_encoder(weights)
+        queue = ("is filled with this encoder's keys before the first step" if moco.get("init_queue", True)
+                 else f"fills with this encoder's keys over the first "
+                      f"{-(-int(moco.queue_size) // int(cfg.data.batch_size))} steps")
+        log.info("model.init %s (layout %s, %s): %d tensors loaded into the query and key encoders, %d missing, "
+                 "%d unexpected; the queue %s", report["source"], report["layout"], arch, report["loaded"],
+                 len(report["missing"]), len(report["unexpected"]), queue)
+    elif weights is not None:
+        log.info("model.init %s: not loaded, the run resumes from its checkpoint", init_spec)
+    return module
+
+
 def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     """Train MoCo v2 as configured by ``conf/pretrain.yaml`` and export the encoder.
 
@@ -85,7 +152,6 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     from cemkit.pretrain.checkpoints import LastCheckpoint
     from cemkit.pretrain.data import PretrainDataModule, open_source
     from cemkit.pretrain.export import export_encoder
-    from cemkit.pretrain.module import MoCoModule
     from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
     from cemkit.tracking import build_logger, build_trainer
 
@@ -98,20 +164,12 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     steps = total_steps(cfg, len(source))
     log.info("pretraining %s on %s; mean %.4f std %.4f; %d steps of %d images", cfg.model.encoder.arch,
              source.description, source.mean, source.std, steps, cfg.data.batch_size)
-    opt, moco = cfg.optimizer, cfg.moco
-    module = MoCoModule(
-        arch=cfg.model.encoder.arch, in_chans=int(cfg.model.in_chans),
-        timm_pretrained=bool(cfg.model.encoder.get("timm_pretrained", False)),
-        dim=int(moco.dim), queue_size=int(moco.queue_size), momentum=float(moco.momentum),
-        temperature=float(moco.temperature), mlp_hidden=moco.mlp_hidden, bn_splits=int(moco.bn_splits),
-        shuffle_bn=bool(moco.shuffle_bn), batch_size=int(cfg.data.batch_size), lr=opt.lr, base_lr=float(opt.base_lr),
-        sgd_momentum=float(opt.momentum), weight_decay=float(opt.weight_decay), nesterov=bool(opt.nesterov),
-        schedule=str(opt.schedule), milestones=list(opt.milestones), gamma=float(opt.gamma),
-        warmup_steps=int(opt.warmup_steps), total_steps=steps, norms=[source.mean, source.std],
-        corpus_id=source.source_id, channels_last=bool(cfg.channels_last), seed=int(cfg.seed),
-        collapse_ratio=float(moco.collapse_ratio))
+    module = build_module(cfg, source, steps, load_init=ckpt_path is None)
     datamodule = PretrainDataModule(source, cfg.augment, int(cfg.data.image_size), int(cfg.data.batch_size),
                                     int(cfg.data.num_workers), steps, seed=int(cfg.seed))
+    if module.hparams.init and ckpt_path is None and cfg.moco.get("init_queue", True):
+        # built when training starts (the data module knows its rank then)
+        module.queue_fill = functools.partial(datamodule.queue_fill_dataloader, int(cfg.moco.queue_size))
 
     logger = build_logger(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -1,4 +1,4 @@
-"""Pretraining data: a curated corpus or a folder of images, read as grey uint8 patches.
+"""Pretraining data: a curated corpus, or folders of images and volumes, read as grey uint8 patches.
 
 Data order is a pure function of ``(seed, global step)``: :class:`StepBatchSampler` hands rank ``r``
 the positions ``step * B + r * b ... + b - 1`` (``B`` the global batch, ``b = B / world``) and
@@ -98,55 +98,88 @@ def open_corpus_source(path: str | Path) -> PatchSource:
                        f"corpus {path} ({len(corpus)} patches)")
 
 
-def open_image_source(path: str | Path, tile: int | None = 224, max_norm_images: int = 64) -> PatchSource:
-    """A folder of 2D images / stacks (or one file), read with :func:`cemkit.io.open_volume`.
+def _image_files(entry: Path) -> list[Path]:
+    """The files or stores one ``data.images`` entry stands for (a folder: its image files and zarr stores)."""
+    from cemkit.io.image_folder import IMAGE_SUFFIXES
+    from cemkit.io.zarr_store import is_zarr_dir
 
-    Every z-slice of every file becomes an image; images larger than twice ``tile`` are cut into
-    non-overlapping ``tile`` x ``tile`` patches (``tile=None`` keeps whole images). Intensities are
-    converted to uint8 by :meth:`cemkit.io.Volume.as_uint8`; mean/std are measured on up to
-    ``max_norm_images`` images.
+    if not entry.exists():
+        raise InputError(f"{entry}: image folder, file or volume not found")
+    if not entry.is_dir() or is_zarr_dir(entry):
+        return [entry]
+    suffixes = IMAGE_SUFFIXES + (".mrc", ".rec", ".st", ".npy", ".h5", ".hdf5")
+    found = sorted(p for p in entry.iterdir() if not p.name.startswith(".")
+                   and ((p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and is_zarr_dir(p))))
+    if not found:
+        raise InputError(f"{entry}: no image files (png/tif/jpg/mrc/npy/h5) or zarr stores in the folder")
+    return found
+
+
+def image_entries(value: Any) -> list[Path]:
+    """``data.images`` as a list of paths (one path or a list of them)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, (str, Path)) else list(value)
+    return [Path(str(v).strip()).expanduser() for v in items if str(v).strip()]
+
+
+def open_image_source(path: Any, tile: int | None = 224, max_norm_images: int = 64) -> PatchSource:
+    """Folders of 2D images, image stacks and volumes (one path or a list), read with :func:`cemkit.io.open_volume`.
+
+    Each entry is a folder (its png/tif/jpg/mrc/npy/h5 files and zarr stores, each file a 2D image or
+    a stack), or one file / zarr store: a 2D image, a tif stack, mrc, h5, zarr or npy volume. Every
+    z-slice (xy section) of every file becomes an image; images larger than twice ``tile`` are cut
+    into non-overlapping ``tile`` x ``tile`` patches (``tile=None`` keeps whole images). Intensities
+    are converted to uint8 by :meth:`cemkit.io.Volume.as_uint8`; mean/std are measured on up to
+    ``max_norm_images`` images. xz / yz sections and near-duplicate removal: ``cemkit curate`` first.
     """
     from cemkit.io import open_volume
-    from cemkit.io.image_folder import IMAGE_SUFFIXES
 
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise InputError(f"{root}: image folder or file not found")
-    if root.is_dir():
-        suffixes = IMAGE_SUFFIXES + (".mrc", ".npy", ".h5", ".hdf5")
-        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.suffix.lower() in suffixes)
-        if not files:
-            raise InputError(f"{root}: no image files (png/tif/jpg/mrc/npy/h5) in the folder")
-    else:
-        files = [root]
+    entries = image_entries(path)
+    if not entries:
+        raise ConfigError("data.images is empty")
+    files = [f for entry in entries for f in _image_files(entry)]
     images: list[np.ndarray] = []
     for f in files:
         vol = open_volume(f).as_uint8()
+        if vol.ndim != 3:
+            raise InputError(f"{f}: expected grey images or a (z, y, x) volume, got shape {vol.shape}")
         images.extend(np.ascontiguousarray(vol[z:z + 1][0]) for z in range(vol.shape[0]))
     total = sum(i.nbytes for i in images)
+    where = ", ".join(str(e) for e in entries)
     if total > 4 * 2**30:
         log.warning("%s: %.1f GB of images held in memory; curate a corpus (`cemkit curate`) for large data",
-                    root, total / 2**30)
+                    where, total / 2**30)
     step = max(1, len(images) // max_norm_images)
     sample = np.concatenate([images[i].ravel() for i in range(0, len(images), step)]).astype(np.float64) / 255.0
     mean, std = float(sample.mean()), float(sample.std())
     if std <= 0:
-        raise InputError(f"{root}: images have no intensity variation (std 0)")
-    names = "|".join(f"{f.name}:{f.stat().st_size}" for f in files)
-    sid = f"{root.name}-{hashlib.sha1(names.encode()).hexdigest()[:12]}"
+        raise InputError(f"{where}: images have no intensity variation (std 0)")
+    names = "|".join(f"{f.name}:{_size(f)}" for f in files)
+    sid = f"{entries[0].name}-{hashlib.sha1(names.encode()).hexdigest()[:12]}"
     tiles = _ImageTiles(images, tile)
-    return PatchSource(tiles, mean, std, sid, f"images {root} ({len(images)} images, {len(tiles)} patches)")
+    return PatchSource(tiles, mean, std, sid, f"images {where} ({len(files)} files, {len(images)} images, "
+                                              f"{len(tiles)} patches)")
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of all files of a store folder (zarr)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def open_source(data_cfg: Mapping[str, Any]) -> PatchSource:
     """Open ``data.corpus`` or ``data.images`` (exactly one must be set); ``data.mean/std`` override norms."""
     corpus, images = data_cfg.get("corpus"), data_cfg.get("images")
     if bool(corpus) == bool(images):
-        raise ConfigError("set exactly one of data.corpus=CORPUS_DIR (from `cemkit curate`) or data.images=DIR")
+        raise ConfigError("set exactly one of data.corpus=CORPUS_DIR (from `cemkit curate`) or data.images=PATH "
+                          "(a folder, file or volume, or a list [A,B])")
     if corpus:
         source = open_corpus_source(corpus)
     else:
+        if not isinstance(images, (str, Path)):
+            images = list(images)  # a ListConfig
         source = open_image_source(images, tile=data_cfg.get("tile_size"))
     if data_cfg.get("mean") is not None:
         source.mean = float(data_cfg["mean"])
@@ -213,6 +246,13 @@ class StepBatchSampler(Sampler[list[int]]):
             yield list(range(first, first + self.local))
 
 
+def single_threaded_worker(worker_id: int) -> None:
+    """Loader worker set-up: OpenCV without its thread pool (each worker is one of many processes)."""
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
 def collate_views(batch: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack ``(2, 1, H, W)`` pairs into ``(B, 2, 1, H, W)``."""
     return torch.stack(list(batch))
@@ -256,6 +296,19 @@ class PretrainDataModule(_lightning_datamodule_base()):
         self.total_steps, self.seed = int(total_steps), int(seed)
         self.pin_memory, self.prefetch_factor = bool(pin_memory), prefetch_factor
 
+    def queue_fill_dataloader(self, queue_size: int) -> DataLoader:
+        """Batches of ``ceil(queue_size / batch_size)`` steps for filling the queue, from a stream of its own
+        (seeded by ``(seed, 5)``, not the training stream); each rank gets its share, as in training."""
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        dataset = TwoViewDataset(self.dataset.patches, self.transform, mix_seed(self.seed, 5))
+        steps = -(-int(queue_size) // self.batch_size)
+        sampler = StepBatchSampler(self.batch_size, rank, world, 0, steps)
+        extra = {"worker_init_fn": single_threaded_worker} if self.num_workers > 0 else {}
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_views,
+                          pin_memory=self.pin_memory and torch.cuda.is_available(), **extra)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
@@ -265,7 +318,8 @@ class PretrainDataModule(_lightning_datamodule_base()):
         log.debug("rank %d/%d: data from step %d to %d", rank, world, start, self.total_steps)
         extra = {}
         if self.num_workers > 0:
-            extra = {"persistent_workers": False, "prefetch_factor": self.prefetch_factor}
+            extra = {"persistent_workers": False, "prefetch_factor": self.prefetch_factor,
+                     "worker_init_fn": single_threaded_worker}
         pin = self.pin_memory and torch.cuda.is_available()
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_views, pin_memory=pin, **extra)

@@ -159,37 +159,44 @@ def batch_unshuffle_ddp(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.T
 
 
 def _split_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm with statistics over ``bn.num_splits`` consecutive sub-batches of equal size.
+    """BatchNorm with statistics over ``bn.num_splits`` interleaved sub-batches of equal size.
 
-    Each sub-batch is a view of ``x`` (any memory format) normalised by its own statistics; the
-    running statistics move by the mean of the sub-batches' updates.
+    Split ``j`` holds samples ``j, j + s, j + 2s, ...`` (``s = num_splits``). One ``batch_norm`` call
+    does all splits: the batch ``(N, C, H, W)`` is viewed as ``(N / s, s * C, H, W)`` (free for a
+    contiguous tensor; a channels-last one is copied and the result copied back) with the affine
+    parameters and running statistics repeated ``s`` times, as the single-GPU MoCo Colab's
+    ``SplitBatchNorm``. The running statistics move by the mean of the splits' updates.
     """
     splits = getattr(bn, "num_splits", 1)
     n = x.shape[0]
-    if not bn.training or splits <= 1 or n % splits or not bn.track_running_stats:
+    if not bn.training or splits <= 1 or n % splits or not bn.track_running_stats or x.ndim != 4:
         return nn.BatchNorm2d.forward(bn, x)
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
-    means, variances, outs = [], [], []
-    for chunk in x.chunk(splits, dim=0):
-        mean, var = bn.running_mean.clone(), bn.running_var.clone()
-        outs.append(F.batch_norm(chunk, mean, var, bn.weight, bn.bias, True, momentum, bn.eps))
-        means.append(mean)
-        variances.append(var)
+    _, c, h, w = x.shape
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    mean, var = bn.running_mean.repeat(splits), bn.running_var.repeat(splits)
+    weight = None if bn.weight is None else bn.weight.repeat(splits)
+    bias = None if bn.bias is None else bn.bias.repeat(splits)
+    out = F.batch_norm(x.contiguous().view(n // splits, splits * c, h, w), mean, var, weight, bias, True,
+                       momentum, bn.eps)
+    # not a view in autograd's eyes: the in-place activation that follows (timm's ReLU(inplace=True))
+    # would otherwise turn its backward into an as_strided copy of the whole activation map
+    out = torch.ops.aten._unsafe_view(out, (n, c, h, w))
     with torch.no_grad():
-        bn.running_mean.copy_(torch.stack(means).mean(dim=0))
-        bn.running_var.copy_(torch.stack(variances).mean(dim=0))
-    return torch.cat(outs, dim=0)
+        bn.running_mean.copy_(mean.view(splits, c).mean(dim=0))
+        bn.running_var.copy_(var.view(splits, c).mean(dim=0))
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` whose training statistics are computed per sub-batch.
 
-    A batch of ``N`` is cut into ``num_splits`` consecutive sub-batches of ``N / num_splits`` samples;
-    running statistics are the mean of the splits' updates. Same parameters and state-dict keys as ``BatchNorm2d``; eval mode and
+    A batch of ``N`` is cut into ``num_splits`` interleaved sub-batches of ``N / num_splits`` samples
+    (split ``j``: samples ``j, j + s, ...``); running statistics are the mean of the splits' updates. Same parameters and state-dict keys as ``BatchNorm2d``; eval mode and
     batches not divisible by ``num_splits`` use plain BatchNorm.
     """
 

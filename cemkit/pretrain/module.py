@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -109,6 +110,8 @@ class MoCoModule(pl.LightningModule):
         Seed of the per-step Shuffle-BN permutations.
     collapse_ratio
         Warn when ``embedding_std * sqrt(dim)`` (1 for well spread embeddings) falls below this.
+    init
+        Where the encoder started (``model.init``), recorded only: :meth:`load_encoder` loads it.
     """
 
     def __init__(self, arch: str = "resnet50", in_chans: int = 1, timm_pretrained: bool = False, dim: int = 128,
@@ -118,7 +121,7 @@ class MoCoModule(pl.LightningModule):
                  weight_decay: float = 1e-4, nesterov: bool = False, schedule: str = "step",
                  milestones: Sequence[float] = (0.6, 0.8), gamma: float = 0.1, warmup_steps: int = 0,
                  total_steps: int = 1000, norms: Sequence[float] | None = None, corpus_id: str | None = None,
-                 channels_last: bool = False, seed: int = 0, collapse_ratio: float = 0.1):
+                 channels_last: bool = False, seed: int = 0, collapse_ratio: float = 0.1, init: str | None = None):
         super().__init__()
         if norms is not None:
             norms = [float(v) for v in norms]
@@ -138,6 +141,70 @@ class MoCoModule(pl.LightningModule):
 
     # state-dict keys: "model.encoder_q.*" is the encoder to export
 
+    def load_encoder(self, weights) -> dict[str, Any]:
+        """Continue from encoder weights: load them into the query encoder and copy it into the key encoder.
+
+        Parameters
+        ----------
+        weights
+            :class:`~cemkit.models.encoders.EncoderWeights` (or anything
+            :func:`~cemkit.models.encoders.read_encoder_weights` reads); every encoder key must match.
+
+        Returns
+        -------
+        dict
+            ``source``, ``layout``, ``arch``, ``loaded`` (tensor count), ``missing`` and ``unexpected`` keys.
+        """
+        from cemkit.models.encoders import EncoderWeights, load_encoder_weights, read_encoder_weights
+
+        if not isinstance(weights, EncoderWeights):
+            weights = read_encoder_weights(weights)
+        encoder_q, encoder_k = self.model.encoder_q, self.model.encoder_k
+        own, given = set(encoder_q.state_dict()), set(weights.state_dict)
+        result = load_encoder_weights(encoder_q, weights, strict=True)
+        with torch.no_grad():
+            encoder_k.load_state_dict(encoder_q.state_dict())
+            for p_k, p_q in zip(self.model.head_k.parameters(), self.model.head_q.parameters()):
+                p_k.copy_(p_q)
+        return {"source": str(weights.meta.get("source", "")), "layout": weights.meta.get("layout"),
+                "arch": weights.arch, "loaded": len(own & given), "missing": list(result.missing_keys),
+                "unexpected": list(result.unexpected_keys)}
+
+    @torch.no_grad()
+    def fill_queue(self, batches) -> int:
+        """Replace the queue by keys of the key encoder: the second view of each two-view batch ``(B, 2, 1, H, W)``.
+
+        Keys are computed as in a training step (Shuffle-BN, all ranks gathered) and written from
+        column 0 on; the pointer is left after the newest key, so training replaces the oldest first. Used by continued pretraining (``model.init``) so
+        that the queue starts from the loaded encoder. Returns the number of keys written.
+        """
+        from cemkit.pretrain.moco import concat_all_gather, enqueue
+
+        queue, ptr = self.model.queue, self.model.queue_ptr
+        ptr.zero_()
+        written = 0
+        context = (self.trainer.precision_plugin.forward_context() if self._trainer is not None
+                   else contextlib.nullcontext())
+        with context:
+            for batch in batches:
+                im_k = batch[:, 1].to(self.device, non_blocking=True)
+                if self.hparams.channels_last:
+                    im_k = im_k.contiguous(memory_format=torch.channels_last)
+                keys = concat_all_gather(self.model.embed_key(im_k))
+                enqueue(queue, ptr, keys)
+                written += keys.shape[0]
+        return min(written, queue.shape[1])
+
+    def on_train_start(self) -> None:
+        """Fill the queue from the loaded encoder (``queue_fill`` set by the command) at the start of a fresh run,
+        then apply this run's schedule."""
+        batches = getattr(self, "queue_fill", None)
+        if batches is not None and self.global_step == 0:
+            n = self.fill_queue(batches() if callable(batches) else batches)
+            log.info("queue filled with %d keys of the loaded encoder (of %d)", n, self.model.queue.shape[1])
+        self.queue_fill = None
+        self._apply_run_schedule()
+
     def _shuffle_generator(self) -> torch.Generator:
         """The Shuffle-BN permutation of a step depends only on (seed, step): resumed runs repeat it."""
         return torch.Generator().manual_seed(mix_seed(self.hparams.seed, 3, self.global_step))
@@ -150,7 +217,7 @@ class MoCoModule(pl.LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def on_train_start(self) -> None:
+    def _apply_run_schedule(self) -> None:
         """Apply this run's schedule after a resume (``LambdaLR`` restores the schedule of the checkpoint).
 
         With an unchanged config this is a no-op; a run extended with a larger ``trainer.max_steps``
