@@ -12,7 +12,7 @@ import torch
 from cemkit.cli.main import main as cli
 from cemkit.data.synthetic import make_volume
 from cemkit.errors import InputError
-from cemkit.finetune.checkpoint import load_segmenter
+from cemkit.models.checkpoint import load_segmenter
 from cemkit.finetune.data import (
     LabelledVolume,
     PatchDataset,

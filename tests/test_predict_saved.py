@@ -136,7 +136,7 @@ def test_run_prediction_on_multiclass_saved_maps_writes_their_mean_and_its_argma
     np.testing.assert_allclose(np.asarray(open_zarr_array(out / "probabilities.zarr")[...], np.float32), mean,
                                atol=1e-3)   # float16 storage
     # cemkit evaluate num_classes=3 on the folder scores its arg-max class map
-    from cemkit.evaluate.sources import open_prediction
+    from cemkit.io.predictions import open_prediction
 
     pred = open_prediction(out, num_classes=3)
     assert pred.kind == "labels" and pred.volume.path.name == "mask.zarr"

@@ -1,6 +1,6 @@
 """Segmentation training (``cemkit finetune``): DeepEM3D-style models on any timm encoder.
 
-- :mod:`cemkit.finetune.checkpoint`: ``load_segmenter`` / ``save_segmenter`` (the segmenter contract).
+- :mod:`cemkit.models.checkpoint`: ``load_segmenter`` / ``save_segmenter`` (the segmenter contract).
 - :mod:`cemkit.finetune.data`: image/label volumes, k-frame inputs, patch sampling, augmentation.
 - :mod:`cemkit.finetune.losses`: CE/BCE, Dice, focal, class weights, auto-balance, deep supervision.
 - :mod:`cemkit.finetune.module`: the LightningModule.

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from cemkit.finetune.budget import PolyLambda
-from cemkit.finetune.checkpoint import segmenter_entry
+from cemkit.models.checkpoint import segmenter_entry
 from cemkit.finetune.losses import SegmentationLoss
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,7 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource):
 
     Returns ``(model, norms or None, load_report)``.
     """
-    from cemkit.finetune.checkpoint import segmenter_from_checkpoint
+    from cemkit.models.checkpoint import segmenter_from_checkpoint
     from cemkit.models.deepem3d import FRAME_INITS, build_segmenter
 
     num_classes = int(cfg.data.num_classes)
@@ -367,7 +367,7 @@ RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "dat
 
 def _check_resumable(path: str, cfg: DictConfig) -> None:
     """A resumed run must keep the settings that define its steps, patches and schedule."""
-    from cemkit.finetune.checkpoint import read_checkpoint
+    from cemkit.models.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path, mmap=True)
     if "optimizer_states" not in ckpt:
@@ -526,7 +526,7 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
 
 def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
     """The finished model in ``folder`` (``best.ckpt``, else ``last.ckpt``) that the next model starts from."""
-    from cemkit.finetune.checkpoint import checkpoint_in
+    from cemkit.models.checkpoint import checkpoint_in
 
     found = checkpoint_in(folder)
     if found is None:

@@ -15,13 +15,12 @@ from cemkit.io.atomic import (
     atomic_write_text,
 )
 from cemkit.io.intensity import (
-    Uint8View,
     estimate_percentiles,
     rgb_to_gray,
     stretch_to_uint8,
 )
 from cemkit.io.open import open_volume
-from cemkit.io.volume import ArrayVolume, Volume
+from cemkit.io.volume import ArrayVolume, Uint8View, Volume
 from cemkit.io.writers import (
     create_zarr,
     write_npy,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cemkit.models.frames import frame_indices as training_frame_indices
+from cemkit.models.frames import min_slices
 from cemkit.predict.ensemble import RunningEnsemble
 from cemkit.predict.models import Segmenter
 from cemkit.predict.tiling import (
@@ -47,12 +49,9 @@ def frame_indices(z: int, depth: int, frames: int) -> np.ndarray:
     """The ``frames`` z indices a k-frame model reads for output plane ``z`` of a ``depth``-plane stack.
 
     Centred on ``z`` (``z - frames // 2 .. z + frames // 2``) and mirror-padded at the stack ends,
-    exactly as in training (:func:`cemkit.finetune.data.frame_indices`); stacks shorter than
+    exactly as in training (:func:`cemkit.models.frames.frame_indices`); stacks shorter than
     ``frames // 2 + 1`` planes (e.g. a single image for a 5fm model) are mirrored periodically.
     """
-    from cemkit.finetune.data import frame_indices as training_frame_indices
-    from cemkit.finetune.data import min_slices
-
     if frames < 1 or frames % 2 == 0:
         raise ValueError(f"frames must be odd and >= 1, got {frames}")
     if depth >= min_slices(frames):
