@@ -515,7 +515,7 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
     quality whose errors differ, which an ensemble's mean needs to beat its best member. (Chained models
     are each better than the last and share its errors, so their mean lands between them; independent
     3fm/5fm models learn more slowly than the 1fm from a random start.) On short budgets the members
-    can still differ by more than averaging gains: measurements in docs/finetune.md, "Ensemble members".
+    can still differ by more than averaging gains: measurements in docs/results.md, "Ensembles on CPU budgets".
     """
     m = copy.deepcopy(cfg)
     m.seed = int(cfg.seed) + int(frames)
