@@ -21,14 +21,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cemkit.conf import stage_defaults
 from cemkit.errors import ConfigError, InputError
 from cemkit.io.atomic import atomic_write_json
 from cemkit.predict import devices
@@ -57,32 +58,49 @@ PROB_DTYPES = ("float16", "uint8", "float32")
 
 @dataclass
 class PredictSettings:
-    """Every knob of a prediction (the keys of ``conf/predict.yaml`` besides input/output/checkpoint)."""
+    """Every knob of a prediction: the keys of ``conf/predict.yaml`` besides input/output/checkpoint.
 
-    tile_size: int = 512
-    overlap: float = 0.25
-    blending: str = "gaussian"
-    sigma_scale: float = 0.125
-    border: int = 32
-    batch_size: int = 4
-    slab_size: int = 8
-    tta: int = 0
-    ensemble: str = "mean"
-    weights: list[float] | None = None
-    orthoplane: bool = False
-    threshold: float = 0.5
-    prob_dtype: str = "float16"
-    output_format: str = "zarr"
-    instances: bool = True
-    watershed: bool = False
-    watershed_h: float = 2.0
-    connectivity: int = 1
-    min_size: int = 50
-    overlays: int = 4
-    device: str = "auto"
-    amp: bool = True
-    resume: bool = True
-    progress: bool = True
+    The YAML is the one place their defaults are written: :meth:`from_config` reads every key of a
+    composed config (no fallbacks), :meth:`defaults` gives the YAML's values with some changed.
+    """
+
+    tile_size: int
+    overlap: float
+    blending: str
+    sigma_scale: float
+    border: int
+    batch_size: int
+    slab_size: int
+    tta: int
+    ensemble: str
+    weights: list[float] | None
+    orthoplane: bool
+    threshold: float
+    prob_dtype: str
+    output_format: str
+    instances: bool
+    watershed: bool
+    watershed_h: float
+    connectivity: int
+    min_size: int
+    overlays: int
+    device: str
+    amp: bool
+    resume: bool
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PredictSettings:
+        """The settings of a composed ``predict`` config (every field must be there)."""
+        missing = [f.name for f in fields(cls) if f.name not in cfg]
+        if missing:
+            raise ConfigError(f"predict: the config lacks {', '.join(missing)}")
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> PredictSettings:
+        """``conf/predict.yaml``'s settings with ``changes`` (for Python callers of :func:`run_prediction`)."""
+        return replace(cls.from_config(stage_defaults("predict")), **changes)
 
     def check(self, n_models: int | None) -> None:
         """Raise :class:`ConfigError` naming every bad setting (weights only when ``n_models`` is known)."""
@@ -198,7 +216,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         Checkpoint spec(s) (see :func:`cemkit.predict.models.resolve_checkpoints`).
     models : sequence of Segmenter, optional
         Already-built models (instead of ``checkpoint``; used by tests and benchmarks).
-    settings : PredictSettings
+    settings : PredictSettings, optional
+        Default: :meth:`PredictSettings.defaults` (``conf/predict.yaml``).
     input_key : str, optional
         Dataset inside an HDF5/zarr container.
     predictions : sequence of str or Path, optional
@@ -213,7 +232,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     """
     from cemkit.io import create_zarr, open_volume, write_png_folder, write_tif_stack
 
-    s = settings or PredictSettings()
+    s = settings or PredictSettings.defaults()
     info = devices.dist_info()
     device = devices.select_device(s.device, info.local_rank)
     devices.init_distributed(info, device)
@@ -308,7 +327,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     if predictions is not None:
         predictor = SavedMapCombiner(saved, s.ensemble, s.weights, s.threshold)
     else:
-        predictor = SlabPredictor(models, s.tile_settings(), device, s.amp, s.ensemble, s.weights, s.threshold)
+        predictor = SlabPredictor(models, s.tile_settings(), device, amp=s.amp, ensemble=s.ensemble,
+                                  weights=s.weights, threshold=s.threshold)
     stats: dict[str, Any] = {}
 
     def write_final(z0: int, z1: int, chw: np.ndarray) -> None:

@@ -69,15 +69,16 @@ def slab_ranges(depth: int, slab_size: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class TileSettings:
-    """How planes are tiled and each tile is predicted."""
+    """How planes are tiled and each tile is predicted (the keys of ``conf/predict.yaml`` of the same
+    names; :meth:`cemkit.predict.runner.PredictSettings.tile_settings` makes one)."""
 
-    tile_size: int = 512
-    overlap: float = 0.25
-    blending: str = "gaussian"
-    sigma_scale: float = 0.125
-    border: int = 0
-    batch_size: int = 4
-    tta: int = 0
+    tile_size: int
+    overlap: float
+    blending: str
+    sigma_scale: float
+    border: int
+    batch_size: int
+    tta: int
 
 
 def autocast_context(device: torch.device, amp: bool):
@@ -95,9 +96,8 @@ class SlabPredictor:
     weights. Models are combined with :class:`~cemkit.predict.ensemble.RunningEnsemble`.
     """
 
-    def __init__(self, models: Sequence[Segmenter], settings: TileSettings = TileSettings(),
-                 device: torch.device | str = "cpu", amp: bool = True, ensemble: str = "mean",
-                 weights: Sequence[float] | None = None, threshold: float = 0.5):
+    def __init__(self, models: Sequence[Segmenter], settings: TileSettings, device: torch.device | str = "cpu",
+                 *, amp: bool, ensemble: str, threshold: float, weights: Sequence[float] | None = None):
         if not models:
             raise ValueError("SlabPredictor needs at least one model")
         self.models = list(models)
