@@ -77,7 +77,7 @@ def make_data(cfg: DictConfig, out: Path) -> dict[str, Path]:
     data.mkdir(parents=True, exist_ok=True)
     if not paths["raw"].exists():
         write_raw_folder(paths["raw"], n_sources=int(cfg.data.sources), seed=int(cfg.seed))
-    voxel = tuple(float(v) for v in cfg.data.voxel_size) if cfg.data.get("voxel_size") else None
+    voxel = tuple(float(v) for v in cfg.data.voxel_size) if cfg.data.voxel_size else None
     train = make_volume(tuple(cfg.data.train_shape), seed=int(cfg.seed) + 101, style=cfg.data.style, voxel_size=voxel)
     test = make_volume(tuple(cfg.data.test_shape), seed=int(cfg.seed) + 202, style=cfg.data.style, voxel_size=voxel)
     write_tif_stack(paths["train_image"], train.image, voxel_size=train.voxel_size)
@@ -112,7 +112,7 @@ def run_demo(cfg: DictConfig) -> DemoResult:
 
     specs = [BranchSpec(init, str(encoder) if init == "pretrained" else "none", out, paths, lists,
                         seed=int(cfg.seed), tta=int(cfg.tta), resume=bool(cfg.resume)) for init in INITS]
-    jobs, threads = worker_plan(cfg.get("jobs", "auto"), cfg.get("threads", "auto"), len(specs))
+    jobs, threads = worker_plan(cfg.jobs, cfg.threads, len(specs))
     for init, (runs, metrics) in zip(INITS, run_branches(run_branch, specs, jobs, threads)):
         result.runs.extend(runs)
         result.metrics[init] = metrics

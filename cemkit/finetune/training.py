@@ -56,10 +56,11 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     slices when no separate validation data is given."""
     vol = read_labelled_volume(data_cfg.images, data_cfg.labels, int(data_cfg.num_classes), frames=frames,
                                image_key=data_cfg.image_key, label_key=data_cfg.label_key)
-    if data_cfg.val_images:
-        if not data_cfg.val_labels:
+    val_images, val_labels = data_cfg.val_images, data_cfg.val_labels
+    if val_images:
+        if not val_labels:
             raise ConfigError("data.val_images needs data.val_labels")
-        val = read_labelled_volume(data_cfg.val_images, data_cfg.val_labels, int(data_cfg.num_classes),
+        val = read_labelled_volume(val_images, val_labels, int(data_cfg.num_classes),
                                    frames=frames, image_key=data_cfg.image_key,
                                    label_key=data_cfg.label_key)
         train = vol
@@ -193,8 +194,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     budget_s = parse_duration(cfg.trainer.max_time)
     _warn_about_the_cpu(cfg, budget_s)
     out_dir.mkdir(parents=True, exist_ok=True)
-    finished = read_result(out_dir)
-    if finished is not None and not cfg.overwrite:
+    finished, overwrite = read_result(out_dir), bool(cfg.overwrite)
+    if finished is not None and not overwrite:
         log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
         return finished
     resume = _ckpt_path(cfg.ckpt_path, out_dir)
