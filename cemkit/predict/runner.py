@@ -201,10 +201,275 @@ def _model_record(m: Segmenter, path: Path | None) -> dict:
     return rec
 
 
+@dataclass
+class PredictionPlan:
+    """What a prediction will do, decided before any output is written (:func:`plan_prediction`)."""
+
+    input_path: str | Path
+    input_key: str | None
+    output: Path
+    settings: PredictSettings
+    info: devices.DistInfo
+    device: torch.device
+    volume: Any                     # the input Volume
+    source: Any                     # its uint8 view, what the models read
+    models: list[Segmenter] | None  # the models to run, or None ...
+    saved: list | None              # ... the saved probability maps to combine
+    members: list[dict] | None      # predict.json records of the saved maps
+    record_models: list[dict]
+    channels: int
+
+    @property
+    def multi(self) -> bool:
+        return self.channels > 1
+
+    @property
+    def work(self) -> Path:
+        """Where the zarr arrays are written (``output``, or ``output/.work`` for tif/png output)."""
+        return self.output if self.settings.output_format == "zarr" else self.output / ".work"
+
+
+def plan_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
+                    models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
+                    input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> PredictionPlan:
+    """Check the settings, the checkpoint files and the input, then load the models (or the saved maps).
+
+    The cheap checks come first, so that a bad setting or path fails before any model is loaded.
+    """
+    from cemkit.io import open_volume
+
+    s = settings or PredictSettings.defaults()
+    info = devices.dist_info()
+    device = devices.select_device(s.device, info.local_rank)
+    devices.init_distributed(info, device)
+
+    s.check(None)
+    if s.output_format == "png" and s.prob_dtype != "uint8":
+        logger.info("output_format=png: probabilities are written as uint8 (x255)")
+        s.prob_dtype = "uint8"
+    if (predictions is None) == (checkpoint is None and models is None):
+        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
+                          "maps to combine), exactly one of them")
+    if predictions is not None:
+        if s.orthoplane:
+            raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
+                              "not predictions=[...]")
+        predictions = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
+        s.check(len(predictions))
+        ckpts = None
+    else:
+        ckpts = resolve_checkpoints(checkpoint) if models is None else None
+        s.check(len(ckpts) if models is None else len(models))
+    vol = open_volume(input_path, key=input_key)
+    src = vol.as_uint8()
+    saved = members = None
+    if predictions is not None:
+        saved = open_saved_predictions(predictions, vol.shape)
+        if s.tta:
+            logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
+        members = [saved_record(p) for p in saved]
+        record_models = [m for member in members for m in member.get("models", [])]
+        channels = saved[0].channels
+    else:
+        paths: list[Path | None]
+        if models is None:
+            models = load_segmenters(ckpts, device)
+            paths = list(ckpts)
+        else:
+            models = list(models)
+            for m in models:
+                m.module.to(device).eval()
+            paths = [None] * len(models)
+        record_models = [_model_record(m, p) for m, p in zip(models, paths)]
+        channels = output_channels(models, device)
+    logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
+                input_path, vol.shape, vol.voxel_size, len(members or record_models),
+                "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
+    return PredictionPlan(input_path, input_key, Path(output), s, info, device, vol, src,
+                          None if saved is not None else models, saved, members, record_models, channels)
+
+
+def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dict[str, Any]]:
+    """The resume record and the zarr arrays to write into: ``(log, arrays, view_stores)``.
+
+    A run is resumed when the record matches the plan (input, models, the settings that change the
+    maps); otherwise the arrays are created afresh. Rank 0 creates them, the other ranks reopen them.
+    """
+    from cemkit.io import create_zarr
+
+    s, info, vol = plan.settings, plan.info, plan.volume
+    depth, height, width = vol.shape
+    signature = {
+        "input": str(Path(plan.input_path).resolve()), "input_key": plan.input_key, "shape": list(vol.shape),
+        "models": plan.record_models, "predictions": plan.members, "world": info.world,
+        # post-processing always reruns, so its settings do not invalidate finished slabs
+        "settings": {k: v for k, v in asdict(s).items()
+                     if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
+                                  "watershed_h", "connectivity", "min_size", "overlays")},
+    }
+    progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
+    log = ProgressLog(plan.output / progress_name, signature, resume=s.resume)
+    if log.resumed:
+        logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
+    # one decision for all ranks: a run is resumed when any rank had finished work. (Decided per rank,
+    # rank 0 with nothing finished would wipe the arrays while another rank skipped its written slabs.)
+    device = plan.device
+    fresh = not devices.any_rank(log.resumed, device if device.type == "cuda" else "cpu")
+    work, vs, multi = plan.work, vol.voxel_size, plan.multi
+
+    def make(path: Path, shape, dtype, chunk_channels: bool = False):
+        return create_zarr(path, shape, dtype, _chunks(shape, s.slab_size, chunk_channels), voxel_size=vs,
+                           overwrite=fresh and info.is_main)
+
+    prob_shape = ((plan.channels,) if multi else ()) + (depth, height, width)
+    arrays: dict[str, Any] = {}
+    view_stores: dict[str, Any] = {}
+    if info.is_main:
+        if fresh:
+            log.reset()
+        plan.output.mkdir(parents=True, exist_ok=True)
+    for step in (0, 1):  # rank 0 creates, the others reopen after the barrier
+        if (step == 0) == info.is_main:
+            arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
+            arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
+            if s.orthoplane:
+                for name, order in VIEWS.items():
+                    shape = ((plan.channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
+                    view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
+        devices.barrier()
+    return log, arrays, view_stores
+
+
+def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any],
+                   view_stores: dict[str, Any]) -> dict[str, Any]:
+    """Predict (or combine) every slab this rank owns into ``arrays``; returns the passes' statistics.
+
+    With ``orthoplane`` the xy, xz and yz passes go to ``view_stores`` first and are then averaged.
+    """
+    s, info = plan.settings, plan.info
+    src = plan.source
+    if plan.saved is not None:
+        predictor = SavedMapCombiner(plan.saved, s.ensemble, s.weights, s.threshold)
+    else:
+        predictor = SlabPredictor(plan.models, s.tile_settings(), plan.device, amp=s.amp, ensemble=s.ensemble,
+                                  weights=s.weights, threshold=s.threshold)
+    stats: dict[str, Any] = {}
+
+    def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
+        _write_prob(arrays["prob"], z0, z1, chw, s.prob_dtype)
+        arrays["mask"][z0:z1] = threshold_mask(chw, s.threshold)
+
+    if not s.orthoplane:
+        stats["xy"] = run_slabs(
+            predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
+            skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
+            world=info.world, progress=s.progress, desc="predict")
+        return stats
+    for name, order in VIEWS.items():
+        store = view_stores[name]
+
+        def sink(a: int, b: int, p: np.ndarray, store=store) -> None:
+            if store.ndim == 4:
+                store[:, a:b] = p.transpose(1, 0, 2, 3)
+            else:
+                store[a:b] = p[:, 0]
+
+        stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
+                                skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
+                                rank=info.rank, world=info.world, progress=s.progress,
+                                desc=f"predict {name}")
+    devices.barrier()
+    for i, (z0, z1) in enumerate(slab_ranges(plan.volume.shape[0], s.slab_size)):
+        if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
+            write_final(z0, z1, average_views(view_stores, z0, z1, plan.multi))
+            log.mark(f"avg:{i}")
+    return stats
+
+
+def post_process(plan: PredictionPlan, arrays: dict[str, Any]) -> tuple[int | None, dict[str, str]]:
+    """Instances (connected components, optional watershed split), the object table and the overlays.
+
+    Adds ``arrays["labels"]``; returns the number of objects (``None`` without ``instances``) and the
+    paths written so far.
+    """
+    from cemkit.io import create_zarr
+
+    s, output, vs = plan.settings, plan.output, plan.volume.voxel_size
+    shape = tuple(plan.volume.shape)
+    outputs: dict[str, str] = {}
+    n_objects = None
+    if s.instances:
+        arrays["labels"] = create_zarr(plan.work / "labels.zarr", shape, "uint32",
+                                       _chunks(shape, s.slab_size, False), voxel_size=vs, overwrite=True)
+        band = max(s.slab_size, 16)  # planes per read of the labels in the post-processing passes
+        n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=band,
+                                     connectivity=s.connectivity, min_size=s.min_size)
+        if s.watershed:  # each component split on its own: memory for the largest object, not the volume
+            components = object_table(arrays["labels"], slab_size=band, count=n_objects)
+            _check_watershed_memory(components, shape)
+            n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
+                                      min_size=s.min_size, slab_size=band)
+        table = object_table(arrays["labels"], slab_size=band,
+                             probabilities=None if plan.multi else arrays["prob"],
+                             prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
+        outputs["objects"] = str(write_table_csv(output / "objects.csv", table, vs))
+        logger.info("%d objects", n_objects)
+    if s.overlays > 0:
+        from cemkit.predict.overlays import write_overlays
+
+        shown = arrays.get("labels", arrays["mask"])
+        overlay_dir = output / "overlays"
+        if overlay_dir.exists():
+            shutil.rmtree(overlay_dir)
+        write_overlays(plan.source, shown, overlay_dir, s.overlays)
+        outputs["overlays"] = str(overlay_dir)
+    return n_objects, outputs
+
+
+def write_outputs(plan: PredictionPlan, arrays: dict[str, Any], log: ProgressLog) -> dict[str, str]:
+    """The volumes in ``output_format``: the zarr arrays themselves, or tif stacks / png folders written
+    from them (then the working zarrs and the resume record are removed). Returns their paths."""
+    from cemkit.io import write_png_folder, write_tif_stack
+
+    s, output, work, vs = plan.settings, plan.output, plan.work, plan.volume.voxel_size
+    outputs: dict[str, str] = {}
+    names = {"prob": "probabilities", "mask": "mask", "labels": "labels"}
+    for key, name in names.items():
+        if key not in arrays:
+            continue
+        if s.output_format == "zarr":
+            outputs[name] = str(work / f"{name}.zarr")
+            continue
+        arr = arrays[key]
+        if arr.ndim == 4:
+            logger.info("%d-class probabilities stay in zarr: %s", plan.channels, work / f"{name}.zarr")
+            dest = output / f"{name}.zarr"
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(work / f"{name}.zarr", dest)
+            outputs[name] = str(dest)
+            continue
+        view = _array_view(arr, name=name, voxel_size=vs)
+        if s.output_format == "tif" or key == "labels":
+            outputs[name] = str(write_tif_stack(output / f"{name}.tif", view, voxel_size=vs))
+        else:
+            outputs[name] = str(write_png_folder(output / name, view))
+    if s.output_format != "zarr":  # the working zarrs are gone: a rerun starts afresh
+        shutil.rmtree(work, ignore_errors=True)
+        log.path.unlink(missing_ok=True)
+    if s.orthoplane and s.output_format == "zarr":
+        shutil.rmtree(work / ".views", ignore_errors=True)
+    return outputs
+
+
 def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
                    models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
                    input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> dict:
     """Predict a volume and write the outputs listed in the module docstring.
+
+    Plan (:func:`plan_prediction`), open the outputs (:func:`open_outputs`), run
+    (:func:`predict_volume`), then on rank 0 post-process (:func:`post_process`) and write
+    (:func:`write_outputs`) with ``predict.json`` last.
 
     Parameters
     ----------
@@ -230,145 +495,24 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     dict
         The ``predict.json`` record.
     """
-    from cemkit.io import create_zarr, open_volume, write_png_folder, write_tif_stack
-
-    s = settings or PredictSettings.defaults()
-    info = devices.dist_info()
-    device = devices.select_device(s.device, info.local_rank)
-    devices.init_distributed(info, device)
-    output = Path(output)
     t_start = time.perf_counter()
-
-    # cheap checks first: settings, checkpoint files, the input volume; then load the models
-    s.check(None)
-    if s.output_format == "png" and s.prob_dtype != "uint8":
-        logger.info("output_format=png: probabilities are written as uint8 (x255)")
-        s.prob_dtype = "uint8"
-    if (predictions is None) == (checkpoint is None and models is None):
-        raise ConfigError("predict needs checkpoint=... (models to run) or predictions=[...] (saved probability "
-                          "maps to combine), exactly one of them")
-    if predictions is not None:
-        if s.orthoplane:
-            raise ConfigError("predict: orthoplane=true predicts the xz and yz planes and needs checkpoint=..., "
-                              "not predictions=[...]")
-        predictions = [predictions] if isinstance(predictions, (str, Path)) else list(predictions)
-        s.check(len(predictions))
-        ckpts = None
-    else:
-        ckpts = resolve_checkpoints(checkpoint) if models is None else None
-        s.check(len(ckpts) if models is None else len(models))
-    vol = open_volume(input_path, key=input_key)
-    src = vol.as_uint8()
-    depth, height, width = vol.shape
-    paths: list[Path | None]
-    members: list[dict] | None = None
-    if predictions is not None:
-        saved = open_saved_predictions(predictions, vol.shape)
-        if s.tta:
-            logger.info("tta=%d does not apply to saved predictions: they are combined as they are", s.tta)
-        members = [saved_record(p) for p in saved]
-        record_models = [m for member in members for m in member.get("models", [])]
-        channels = saved[0].channels
-    else:
-        if models is None:
-            models = load_segmenters(ckpts, device)
-            paths = list(ckpts)
-        else:
-            models = list(models)
-            for m in models:
-                m.module.to(device).eval()
-            paths = [None] * len(models)
-        record_models = [_model_record(m, p) for m, p in zip(models, paths)]
-        channels = output_channels(models, device)
-    multi = channels > 1
-    logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
-                input_path, vol.shape, vol.voxel_size, len(members or record_models),
-                "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
-
-    signature = {
-        "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
-        "models": record_models, "predictions": members, "world": info.world,
-        # post-processing always reruns, so its settings do not invalidate finished slabs
-        "settings": {k: v for k, v in asdict(s).items()
-                     if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
-                                  "watershed_h", "connectivity", "min_size", "overlays")},
-    }
-    progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
-    log = ProgressLog(output / progress_name, signature, resume=s.resume)
-    if log.resumed:
-        logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
-    # one decision for all ranks: a run is resumed when any rank had finished work. (Decided per rank,
-    # rank 0 with nothing finished would wipe the arrays while another rank skipped its written slabs.)
-    fresh = not devices.any_rank(log.resumed, device if device.type == "cuda" else "cpu")
-    work = output if s.output_format == "zarr" else output / ".work"
-    vs = vol.voxel_size
-
-    def make(path: Path, shape, dtype, chunk_channels: bool = False):
-        return create_zarr(path, shape, dtype, _chunks(shape, s.slab_size, chunk_channels), voxel_size=vs,
-                           overwrite=fresh and info.is_main)
-
-    prob_shape = ((channels,) if multi else ()) + (depth, height, width)
-    arrays = {}
-    view_stores = {}
-    if info.is_main:
-        if fresh:
-            log.reset()
-        output.mkdir(parents=True, exist_ok=True)
-    for step in (0, 1):  # rank 0 creates, the others reopen after the barrier
-        if (step == 0) == info.is_main:
-            arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
-            arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
-            if s.orthoplane:
-                for name, order in VIEWS.items():
-                    shape = ((channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
-                    view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
-        devices.barrier()
-
-    if predictions is not None:
-        predictor = SavedMapCombiner(saved, s.ensemble, s.weights, s.threshold)
-    else:
-        predictor = SlabPredictor(models, s.tile_settings(), device, amp=s.amp, ensemble=s.ensemble,
-                                  weights=s.weights, threshold=s.threshold)
-    stats: dict[str, Any] = {}
-
-    def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
-        _write_prob(arrays["prob"], z0, z1, chw, s.prob_dtype)
-        arrays["mask"][z0:z1] = threshold_mask(chw, s.threshold)
-
+    plan = plan_prediction(input_path, output, checkpoint, models=models, settings=settings,
+                           input_key=input_key, predictions=predictions)
+    s, info, vol = plan.settings, plan.info, plan.volume
+    log, arrays, view_stores = open_outputs(plan)
     t0 = time.perf_counter()
-    if not s.orthoplane:
-        stats["xy"] = run_slabs(
-            predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
-            skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
-            world=info.world, progress=s.progress, desc="predict")
-    else:
-        for name, order in VIEWS.items():
-            store = view_stores[name]
-
-            def sink(a: int, b: int, p: np.ndarray, store=store) -> None:
-                if store.ndim == 4:
-                    store[:, a:b] = p.transpose(1, 0, 2, 3)
-                else:
-                    store[a:b] = p[:, 0]
-
-            stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
-                                    skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
-                                    rank=info.rank, world=info.world, progress=s.progress,
-                                    desc=f"predict {name}")
-        devices.barrier()
-        for i, (z0, z1) in enumerate(slab_ranges(depth, s.slab_size)):
-            if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
-                write_final(z0, z1, average_views(view_stores, z0, z1, multi))
-                log.mark(f"avg:{i}")
+    stats = predict_volume(plan, log, arrays, view_stores)
     predict_s = time.perf_counter() - t0
     devices.barrier()  # every slab of every rank is written
     devices.shutdown_distributed()
 
+    vs = vol.voxel_size
+    depth, height, width = vol.shape
     record = {
         "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
                   "voxel_size": list(vs) if vs else None},
-        "models": record_models, "predictions": members, "settings": asdict(s), "device": str(device),
-        "world": info.world, "channels": channels, "resumed": log.resumed,
+        "models": plan.record_models, "predictions": plan.members, "settings": asdict(s), "device": str(plan.device),
+        "world": info.world, "channels": plan.channels, "resumed": log.resumed,
         "timings": {"predict_s": round(predict_s, 3),
                     "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
                     if predict_s > 0 and not log.resumed else None,
@@ -378,64 +522,11 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         return record
 
     t1 = time.perf_counter()
-    outputs: dict[str, str] = {}
-    n_objects = None
-    if s.instances:
-        arrays["labels"] = create_zarr(work / "labels.zarr", (depth, height, width), "uint32",
-                                       _chunks((depth, height, width), s.slab_size, False), voxel_size=vs,
-                                       overwrite=True)
-        band = max(s.slab_size, 16)  # planes per read of the labels in the post-processing passes
-        n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=band,
-                                     connectivity=s.connectivity, min_size=s.min_size)
-        if s.watershed:  # each component split on its own: memory for the largest object, not the volume
-            components = object_table(arrays["labels"], slab_size=band, count=n_objects)
-            _check_watershed_memory(components, (depth, height, width))
-            n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
-                                      min_size=s.min_size, slab_size=band)
-        table = object_table(arrays["labels"], slab_size=band,
-                             probabilities=None if multi else arrays["prob"],
-                             prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
-        outputs["objects"] = str(write_table_csv(output / "objects.csv", table, vs))
-        logger.info("%d objects", n_objects)
-    if s.overlays > 0:
-        from cemkit.predict.overlays import write_overlays
-
-        shown = arrays.get("labels", arrays["mask"])
-        overlay_dir = output / "overlays"
-        if overlay_dir.exists():
-            shutil.rmtree(overlay_dir)
-        write_overlays(src, shown, overlay_dir, s.overlays)
-        outputs["overlays"] = str(overlay_dir)
-
-    names = {"prob": "probabilities", "mask": "mask", "labels": "labels"}
-    for key, name in names.items():
-        if key not in arrays:
-            continue
-        if s.output_format == "zarr":
-            outputs[name] = str(work / f"{name}.zarr")
-            continue
-        arr = arrays[key]
-        if arr.ndim == 4:
-            logger.info("%d-class probabilities stay in zarr: %s", channels, work / f"{name}.zarr")
-            dest = output / f"{name}.zarr"
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(work / f"{name}.zarr", dest)
-            outputs[name] = str(dest)
-            continue
-        view = _array_view(arr, name=name, voxel_size=vs)
-        if s.output_format == "tif" or key == "labels":
-            outputs[name] = str(write_tif_stack(output / f"{name}.tif", view, voxel_size=vs))
-        else:
-            outputs[name] = str(write_png_folder(output / name, view))
-    if s.output_format != "zarr":  # the working zarrs are gone: a rerun starts afresh
-        shutil.rmtree(work, ignore_errors=True)
-        log.path.unlink(missing_ok=True)
-    if s.orthoplane and s.output_format == "zarr":
-        shutil.rmtree(work / ".views", ignore_errors=True)
+    n_objects, outputs = post_process(plan, arrays)
+    outputs.update(write_outputs(plan, arrays, log))
     record["timings"]["postprocess_s"] = round(time.perf_counter() - t1, 3)
     record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
     record["objects"] = n_objects
     record["outputs"] = outputs
-    atomic_write_json(output / "predict.json", record, indent=2, default=str)
+    atomic_write_json(plan.output / "predict.json", record, indent=2, default=str)
     return record
