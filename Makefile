@@ -28,10 +28,13 @@ $(DEV): $(STAMP)
 
 venv install: $(DEV)
 
+# lint-imports: the layer contracts in pyproject.toml (no stage imports another; nothing imports upward)
 test: $(DEV)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(DEV)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -18,7 +18,3 @@ class InputError(CemkitError, ValueError):
 
 class ConfigError(CemkitError, ValueError):
     """A configuration value that cannot work (wrong combination, out of range)."""
-
-
-class StageNotBuiltError(CemkitError, NotImplementedError):
-    """The command exists in the CLI but its stage is not implemented yet."""

@@ -51,7 +51,7 @@ def build_trainer(trainer_cfg: DictConfig | dict, *, logger=None, callbacks: Seq
     trainer = pl.Trainer(logger=logger if logger is not None else False, callbacks=list(callbacks),
                          default_root_dir=default_root_dir, **kwargs)
     if type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher":
-        from cemkit.cli.hydra_app import prepare_ddp_relaunch
+        from cemkit.ddp_relaunch import prepare_ddp_relaunch
 
         prepare_ddp_relaunch()  # DDP over processes: the other ranks re-run the same `cemkit` command
     return trainer

@@ -6,7 +6,7 @@ path / ``zoo:NAME`` of pretrained encoder weights) and every ``--frames`` (1, 3,
 validation IoU at each validation step and the wall time of every run, saves the table as JSON and
 the curves as a PNG plot.
 
-Example (the CPU budget quoted in docs/finetune.md)::
+Example (the CPU budget quoted in docs/results.md)::
 
     .venv/bin/python scripts/bench_finetune.py --frames 1 --steps 200 --out outputs/bench_finetune
 

@@ -84,7 +84,7 @@ def run_cemkit(model, vol, args) -> tuple[np.ndarray, float]:
 
     pred = SlabPredictor([Segmenter(model, frames=1)],
                          TileSettings(args.tile, args.overlap, "gaussian", 0.125, 0, args.batch, 0),
-                         device="cpu", amp=False)
+                         device="cpu", amp=False, ensemble="mean", threshold=0.5)
     out = np.zeros(vol.shape, np.float32)
 
     def sink(z0, z1, p):
@@ -112,7 +112,7 @@ def rss_child(volume: str, output: str, tile: int, batch: int, slab: int) -> Non
     from cemkit.predict.models import Segmenter
     from cemkit.predict.runner import PredictSettings, run_prediction
 
-    settings = PredictSettings(tile_size=tile, overlap=0.25, border=0, batch_size=batch, slab_size=slab,
+    settings = PredictSettings.defaults(tile_size=tile, overlap=0.25, border=0, batch_size=batch, slab_size=slab,
                                device="cpu", progress=False, instances=False, overlays=0, resume=False)
     rec = run_prediction(volume, output, models=[Segmenter(ScaleNet().eval())], settings=settings)
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "voxels_per_s": rec["timings"]["voxels_per_s"]}))

@@ -55,7 +55,7 @@ def cem500k_iou(checkpoint_folder: Path) -> float:
     import torch
     from PIL import Image
 
-    from cemkit.finetune.checkpoint import load_segmenter
+    from cemkit.models.checkpoint import load_segmenter
 
     models = [load_segmenter(p) for p in sorted(checkpoint_folder.glob("*fm/best.ckpt"))]
     inter = union = 0
@@ -79,7 +79,7 @@ def false_positive_objects(prediction: Path, images: Path, labels: Path, min_px:
     from PIL import Image
     from scipy import ndimage
 
-    from cemkit.evaluate.sources import open_prediction
+    from cemkit.io.predictions import open_prediction
 
     pred = open_prediction(prediction)
     probs = np.asarray(pred.volume[:], dtype=np.float32) * pred.scale

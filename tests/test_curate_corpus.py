@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cemkit.curate.corpus import ShardWriter, open_corpus, write_json
+from cemkit.io.corpus import ShardWriter, open_corpus, write_json
 from cemkit.errors import InputError
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cemkit.curate import source_work
-from cemkit.curate.corpus import open_corpus
+from cemkit.io.corpus import open_corpus
 from cemkit.curate.pipeline import CurateParams, FilterSettings, curate
 
 PARAMS = CurateParams(patch_size=64)

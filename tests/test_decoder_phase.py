@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cemkit.finetune.checkpoint import load_segmenter
+from cemkit.models.checkpoint import load_segmenter
 from cemkit.models.deepem3d import (
     DeepEM3DSegmenter,
     TapUpsampler,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cemkit.finetune.checkpoint import load_segmenter, save_segmenter
+from cemkit.models.checkpoint import load_segmenter, save_segmenter
 from cemkit.models.deepem3d import (
     DeepEM3DSegmenter,
     TapUpsampler,

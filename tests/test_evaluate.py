@@ -18,7 +18,7 @@ from scipy import ndimage
 from cemkit.cli.main import main
 from cemkit.errors import InputError
 from cemkit.evaluate.command import run
-from cemkit.evaluate.sources import infer_kind, open_prediction
+from cemkit.io.predictions import infer_kind, open_prediction
 from cemkit.io import ArrayVolume, open_volume, write_npy, write_png_folder, write_zarr
 from cemkit.metrics import pooled_iou
 

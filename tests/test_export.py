@@ -20,7 +20,7 @@ from cemkit.export import (
     read_onnx_metadata,
     read_torchscript_metadata,
 )
-from cemkit.finetune.checkpoint import load_segmenter, save_segmenter
+from cemkit.models.checkpoint import load_segmenter, save_segmenter
 from cemkit.models.deepem3d import build_segmenter
 
 TILE = 32  # the export example is 32x32; every checked input has another size

@@ -12,7 +12,7 @@ import torch
 from cemkit.cli.main import main as cli
 from cemkit.data.synthetic import make_volume
 from cemkit.errors import InputError
-from cemkit.finetune.checkpoint import load_segmenter
+from cemkit.models.checkpoint import load_segmenter
 from cemkit.finetune.data import (
     LabelledVolume,
     PatchDataset,
@@ -154,7 +154,7 @@ def test_separate_validation_data_and_train_fraction(tmp_path):
     img, lab = _write_pair(tmp_path / "a", shape=(10, 64, 64))
     vimg, vlab = _write_pair(tmp_path / "b", shape=(3, 64, 64), seed=1)
     cfg = OmegaConf.create({"images": str(img), "labels": str(lab), "val_images": str(vimg), "val_labels": str(vlab),
-                            "num_classes": 2, "val_slices": 2, "train_fraction": 0.2})
+                            "num_classes": 2, "val_slices": 2, "train_fraction": 0.2, "image_key": None, "label_key": None})
     data = load_data(cfg, frames=5)
     assert data.train[0].slices.tolist() == [0, 9] and data.val[0].slices.tolist() == [0, 1, 2]
     assert data.val[0].image.shape == (3, 64, 64)

@@ -93,7 +93,7 @@ def _finetune(pair, init, out, *extra):
 
 @pytest.mark.parametrize("with_arch", [True, False], ids=["export", "cem500k-style"])
 def test_finetune_builds_the_init_checkpoints_arch_when_none_is_named(tmp_path, pair, with_arch):
-    from cemkit.finetune.checkpoint import load_segmenter
+    from cemkit.models.checkpoint import load_segmenter
 
     sd = _encoder_sd("resnet10t", seed=1)
     init = _export(tmp_path / "enc.pth", "resnet10t", sd, with_arch=with_arch)

@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cdeep3m
 
 
 def _save_model(path: Path, frames: int, seed: int) -> None:
-    from cemkit.finetune.checkpoint import save_segmenter
+    from cemkit.models.checkpoint import save_segmenter
     from cemkit.models.deepem3d import build_segmenter
 
     torch.manual_seed(seed)

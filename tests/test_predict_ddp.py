@@ -14,7 +14,7 @@ from cemkit.io import open_volume, write_zarr
 
 
 def _model_and_volume(tmp_path):
-    from cemkit.finetune.checkpoint import save_segmenter
+    from cemkit.models.checkpoint import save_segmenter
     from cemkit.models.deepem3d import build_segmenter
 
     torch.manual_seed(0)

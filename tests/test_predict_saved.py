@@ -57,7 +57,7 @@ def test_saved_map_of_touching_spheres_gives_one_component_or_two_watershed_obje
         fg |= (zz - 8) ** 2 + (yy - 16) ** 2 + (xx - cx) ** 2 <= 7 ** 2
     write_zarr(tmp_path / "prob.zarr", np.where(fg, 0.9, 0.1).astype(np.float32))
     write_tif_stack(tmp_path / "image.tif", np.zeros(fg.shape, np.uint8))
-    settings = PredictSettings(watershed=watershed, slab_size=4, overlays=0, progress=False)
+    settings = PredictSettings.defaults(watershed=watershed, slab_size=4, overlays=0, progress=False)
     out = tmp_path / "out"
     record = run_prediction(tmp_path / "image.tif", out, predictions=[tmp_path / "prob.zarr"], settings=settings)
     with open(out / "objects.csv") as fh:
@@ -126,7 +126,7 @@ def test_run_prediction_on_multiclass_saved_maps_writes_their_mean_and_its_argma
     write_tif_stack(tmp_path / "image.tif", np.zeros((4, 6, 5), np.uint8))
     out = tmp_path / "out"
     record = run_prediction(tmp_path / "image.tif", out, predictions=paths,
-                            settings=PredictSettings(slab_size=2, overlays=0, progress=False))
+                            settings=PredictSettings.defaults(slab_size=2, overlays=0, progress=False))
     mean = (probs[0] + probs[1]) / 2
     assert record["channels"] == 3
     written = np.asarray(open_volume(out / "mask.zarr")[...])
@@ -136,7 +136,7 @@ def test_run_prediction_on_multiclass_saved_maps_writes_their_mean_and_its_argma
     np.testing.assert_allclose(np.asarray(open_zarr_array(out / "probabilities.zarr")[...], np.float32), mean,
                                atol=1e-3)   # float16 storage
     # cemkit evaluate num_classes=3 on the folder scores its arg-max class map
-    from cemkit.evaluate.sources import open_prediction
+    from cemkit.io.predictions import open_prediction
 
     pred = open_prediction(out, num_classes=3)
     assert pred.kind == "labels" and pred.volume.path.name == "mask.zarr"

@@ -51,7 +51,7 @@ def _settings(**kw):
     base = {"tile_size": 32, "overlap": 0.25, "border": 4, "batch_size": 8, "slab_size": 2, "device": "cpu",
             "min_size": 0, "progress": False, "overlays": 2}
     base.update(kw)
-    return PredictSettings(**base)
+    return PredictSettings.defaults(**base)
 
 
 def _read(path):
@@ -134,7 +134,8 @@ def test_outputs_layout_and_formats(tmp_path):
     assert prob.dtype == np.uint8 and mask.dtype == np.uint8 and labels.dtype == np.uint32
     assert open_volume(out / "probabilities.zarr").voxel_size == (40.0, 6.0, 6.0)
     # mask = probability > threshold, labels = its components
-    expected = SlabPredictor(models, _settings().tile_settings()).predict_slab(data, 0, 5)[:, 0]
+    expected = SlabPredictor(models, _settings().tile_settings(), amp=False, ensemble="mean", threshold=0.5) \
+        .predict_slab(data, 0, 5)[:, 0]
     np.testing.assert_array_equal(mask, (expected > 0.5).astype(np.uint8))
     np.testing.assert_allclose(prob / 255.0, expected, atol=0.5 / 255 + 1e-6)
     assert ((labels > 0) == (mask > 0)).all() and labels.max() == rec["objects"] > 0
@@ -170,7 +171,7 @@ def test_orthoplane_averages_the_three_views(tmp_path):
     s = _settings(orthoplane=True, tile_size=16, prob_dtype="float32", instances=False, overlays=0)
     run_prediction(vol, tmp_path / "o", models=models, settings=s)
     got = _read(tmp_path / "o" / "probabilities.zarr")
-    pred = SlabPredictor(models, s.tile_settings())
+    pred = SlabPredictor(models, s.tile_settings(), amp=s.amp, ensemble=s.ensemble, threshold=s.threshold)
     views = []
     for order in VIEWS.values():
         v = np.transpose(data, order)

@@ -15,6 +15,18 @@ from cemkit.predict.tiling import (
 )
 
 
+def _tiles(**kw):
+    """Tile settings of these tests: 16 px tiles, no border, no TTA unless given."""
+    base = {"tile_size": 16, "overlap": 0.25, "blending": "gaussian", "sigma_scale": 0.125, "border": 0,
+            "batch_size": 4, "tta": 0}
+    return TileSettings(**{**base, **kw})
+
+
+def _predictor(models, tiles, **kw):
+    """A predictor without AMP, mean ensemble, threshold 0.5 unless ``kw`` says otherwise."""
+    return SlabPredictor(models, tiles, **{"amp": False, "ensemble": "mean", "threshold": 0.5, **kw})
+
+
 def test_window_starts_exact():
     assert window_starts(100, 32, 0.25) == [0, 24, 48, 68]      # stride 24, last snapped to 100-32
     assert window_starts(96, 32, 0.0) == [0, 32, 64]
@@ -105,7 +117,7 @@ def _whole(module, vol, norms=(0.0, 1.0)):
 def test_pointwise_model_tiled_equals_whole_image(mode):
     vol = _volume((3, 70, 90))
     model = Segmenter(PixelNet().eval(), frames=1, norms=(0.4, 0.2))
-    pred = SlabPredictor([model], TileSettings(tile_size=32, overlap=0.25, blending=mode, border=5,
+    pred = _predictor([model], _tiles(tile_size=32, overlap=0.25, blending=mode, border=5,
                                                 batch_size=3))
     out = pred.predict_slab(vol, 0, 3)
     assert out.shape == (3, 1, 70, 90)
@@ -117,7 +129,7 @@ def test_conv_model_tiled_equals_whole_image_away_from_tile_edges(mode):
     vol = _volume((2, 64, 80), seed=3)
     tile, overlap, radius = 32, 0.5, 2
     model = Segmenter(ConvNet().eval())
-    out = SlabPredictor([model], TileSettings(tile_size=tile, overlap=overlap, blending=mode)) \
+    out = _predictor([model], _tiles(tile_size=tile, overlap=overlap, blending=mode)) \
         .predict_slab(vol, 0, 2)[:, 0]
     whole = _whole(model.module, vol)
     # pixels that every covering tile sees at >= radius from its edges (or at the image edge, where

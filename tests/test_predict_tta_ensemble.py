@@ -16,6 +16,20 @@ from cemkit.predict.streaming import (
 from cemkit.predict.tta import select_variants, tta_apply, variant
 
 # the in-plane transforms written independently with numpy, in CDeep3M order
+
+
+def _tiles(**kw):
+    """Tile settings of these tests: 16 px tiles, no border, no TTA unless given."""
+    base = {"tile_size": 16, "overlap": 0.25, "blending": "gaussian", "sigma_scale": 0.125, "border": 0,
+            "batch_size": 4, "tta": 0}
+    return TileSettings(**{**base, **kw})
+
+
+def _predictor(models, tiles, **kw):
+    """A predictor without AMP, mean ensemble, threshold 0.5 unless ``kw`` says otherwise."""
+    return SlabPredictor(models, tiles, **{"amp": False, "ensemble": "mean", "threshold": 0.5, **kw})
+
+
 NUMPY_D4 = [
     lambda a: a,
     lambda a: a[..., ::-1, :],
@@ -85,7 +99,7 @@ def test_tta_of_identity_model_is_exact_through_the_tiler():
     vol = np.random.default_rng(0).integers(0, 256, (4, 40, 40), dtype=np.uint8)
     for tta in (2, 4, 8, 16):
         model = Segmenter(CentreFrame(), frames=3)
-        out = SlabPredictor([model], TileSettings(tile_size=16, overlap=0.25, tta=tta)).predict_slab(vol, 0, 4)
+        out = _predictor([model], _tiles(tile_size=16, overlap=0.25, tta=tta)).predict_slab(vol, 0, 4)
         np.testing.assert_allclose(out[:, 0], vol / 255.0, atol=1e-6)
 
 
@@ -103,17 +117,17 @@ def test_frame_indices_mirror_padding():
 @pytest.mark.parametrize("frames", [3, 5])
 def test_kframe_context_from_neighbouring_slices(frames):
     vol = np.random.default_rng(1).integers(0, 256, (7, 24, 20), dtype=np.uint8)
-    pred = SlabPredictor([Segmenter(FirstFrame(), frames=frames)], TileSettings(tile_size=16))
+    pred = _predictor([Segmenter(FirstFrame(), frames=frames)], _tiles(tile_size=16))
     half = frames // 2
     for z0, z1 in [(0, 3), (3, 7)]:
         out = pred.predict_slab(vol, z0, z1)[:, 0]
         expected = np.stack([vol[abs(z - half) if z - half >= 0 else half - z] for z in range(z0, z1)])
         np.testing.assert_allclose(out, expected / 255.0, atol=1e-6)
     # z-flip TTA sees the last frame instead of the first: the mean of both
-    tta = SlabPredictor([Segmenter(FirstFrame(), frames=3)], TileSettings(tile_size=16, tta=16)) \
+    tta = _predictor([Segmenter(FirstFrame(), frames=3)], _tiles(tile_size=16, tta=16)) \
         .predict_slab(vol, 6, 7)[0, 0]
     np.testing.assert_allclose(tta, (vol[5] / 255.0 + vol[5] / 255.0) / 2, atol=1e-6)   # 6 -> (5, 6, 5)
-    tta = SlabPredictor([Segmenter(FirstFrame(), frames=3)], TileSettings(tile_size=16, tta=2)) \
+    tta = _predictor([Segmenter(FirstFrame(), frames=3)], _tiles(tile_size=16, tta=2)) \
         .predict_slab(vol, 3, 4)[0, 0]
     np.testing.assert_allclose(tta, (vol[2] / 255.0 + vol[4] / 255.0) / 2, atol=1e-6)
 
@@ -143,7 +157,7 @@ def test_ensemble_methods_exact():
 def test_ensemble_of_models_through_the_tiler():
     vol = np.random.default_rng(2).integers(0, 256, (3, 20, 20), dtype=np.uint8)
     models = [Segmenter(CentreFrame(), frames=1), Segmenter(FirstFrame(), frames=3)]
-    out = SlabPredictor(models, TileSettings(tile_size=16), ensemble="weighted", weights=[3, 1]) \
+    out = _predictor(models, _tiles(tile_size=16), ensemble="weighted", weights=[3, 1]) \
         .predict_slab(vol, 1, 2)[0, 0]
     np.testing.assert_allclose(out, 0.75 * vol[1] / 255.0 + 0.25 * vol[0] / 255.0, atol=1e-6)
 
@@ -152,7 +166,7 @@ def test_vote_over_a_slab_of_several_planes():
     """A slab is (planes, classes, H, W): votes are taken over the classes, not over the planes."""
     vol = np.random.default_rng(3).integers(0, 256, (4, 20, 20), dtype=np.uint8)
     models = [Segmenter(CentreFrame(), frames=1), Segmenter(FirstFrame(), frames=3), Segmenter(CentreFrame(), frames=3)]
-    out = SlabPredictor(models, TileSettings(tile_size=16), ensemble="vote").predict_slab(vol, 1, 4)
+    out = _predictor(models, _tiles(tile_size=16), ensemble="vote").predict_slab(vol, 1, 4)
     prev = vol[[0, 1, 2]] / 255.0                        # FirstFrame of a 3fm model: the plane before
     centre = vol[1:4] / 255.0
     expected = (2 * (centre > 0.5) + (prev > 0.5)) / 3.0

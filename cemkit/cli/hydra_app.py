@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from cemkit.ddp_relaunch import set_current_command
 from cemkit.errors import CemkitError
 
 CONFIG_PACKAGE = "pkg://cemkit.conf"
 log = logging.getLogger("cemkit")
-_current_command: str | None = None  # the stage command being run (for DDP re-launch)
 
 
 def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: list[str],
@@ -30,9 +30,8 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
     """
     import hydra
 
-    global _current_command
     status = {"code": 0}
-    _current_command = name
+    set_current_command(name)  # for Lightning's DDP re-launch of the other ranks
 
     @hydra.main(version_base=None, config_path=CONFIG_PACKAGE, config_name=name)
     def _app(cfg: DictConfig) -> None:
@@ -54,31 +53,6 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
     finally:
         sys.argv = saved
     return status["code"]
-
-
-def prepare_ddp_relaunch() -> None:
-    """Make Lightning's DDP re-launch of the other ranks re-run the current stage command.
-
-    Lightning rebuilds each extra rank's command line from ``sys.argv`` (``python -m module`` or
-    ``script`` plus ``sys.argv[1:]``) and appends ``hydra.run.dir=...``. The CLI rewrote ``sys.argv``
-    for Hydra, so it is set here to ``<entry> <command> <overrides>``. Outside a CLI run (e.g. a
-    test calling ``run(cfg)`` directly) nothing changes.
-    """
-    import os
-
-    from hydra.core.hydra_config import HydraConfig
-
-    import __main__
-
-    if _current_command is None or not HydraConfig.initialized():
-        return
-    overrides = list(HydraConfig.get().overrides.task)
-    if getattr(__main__, "__spec__", None) is not None:
-        sys.argv = [sys.argv[0], _current_command, *overrides]
-    else:
-        orig = getattr(sys, "orig_argv", None) or sys.argv
-        script = orig[1] if len(orig) > 1 and not orig[1].startswith("-") else orig[0]
-        sys.argv = [os.path.abspath(script), _current_command, *overrides]
 
 
 def comma_lists_as_lists(argv: list[str], keys: tuple[str, ...]) -> list[str]:

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if not command.hydra:
         _configure_plain_logging()
         return int(func(rest) or 0)
+    import cemkit.zoo  # noqa: F401 - registers the resolver the stages use for ``zoo:NAME`` settings
     from cemkit.cli.hydra_app import run_hydra_command
 
     return run_hydra_command(name, func, rest, list_keys=command.list_keys)

@@ -6,7 +6,7 @@ rule), :mod:`~cemkit.curate.dhash` (batched dHash, bit-exact with imagehash),
 :mod:`~cemkit.curate.dedup` (seeded leader clustering per source), :mod:`~cemkit.curate.filtering`
 (heuristic scores), :mod:`~cemkit.curate.classifier` (trainable patch classifier),
 :mod:`~cemkit.curate.source_work` (one source -> ``.work/``), :mod:`~cemkit.curate.assembly`
-(filter, shards, manifest, metadata, export), :mod:`~cemkit.curate.corpus` (on-disk corpus and
-``open_corpus``), :mod:`~cemkit.curate.report` (``report.html``), :mod:`~cemkit.curate.pipeline`
+(filter, shards, manifest, metadata, export; the on-disk format is :mod:`cemkit.io.corpus`),
+:mod:`~cemkit.curate.report` (``report.html``), :mod:`~cemkit.curate.pipeline`
 (workers, resume, ``curate()``), :mod:`~cemkit.curate.command` (Hydra entry point).
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cemkit.curate import corpus as corpus_io
+from cemkit.io import corpus as corpus_io
 from cemkit.curate.dhash import hash_to_hex
 from cemkit.curate.filtering import HeuristicThresholds, heuristic_reasons
 from cemkit.curate.source_work import PLANE_CODES, CurateParams, SourceResult

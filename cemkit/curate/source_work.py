@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cemkit.curate import corpus as corpus_io
+from cemkit.io import corpus as corpus_io
 from cemkit.curate.dedup import DedupResult, dedup_source
 from cemkit.curate.dhash import dhash_batch
 from cemkit.curate.filtering import HeuristicThresholds, heuristic_scores

@@ -1,7 +1,7 @@
 """Run the demo's two encoder-init branches (pretrained, random) one after the other or side by side.
 
 A branch finetunes its 1fm/3fm/5fm models and predicts and evaluates the test volume with them
-(:func:`cemkit.demo.pipeline.run_branch`). The two branches share nothing but their inputs, so on a
+(:func:`cemkit.demo.pipeline.run_branch`, passed in as ``run``). The two branches share nothing but their inputs, so on a
 machine with two or more cores they run in two processes. On a CPU this is faster than one process
 using every core, because a finetuning step of the demo's models (resnet18, batch 8, 128 px) gains little
 from a second thread: on 2 cores, two 1-thread processes did 1.26x the steps of one 2-thread process
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -90,7 +91,8 @@ def worker_plan(jobs, threads, branches: int, cores: int | None = None) -> tuple
     return jobs, threads
 
 
-def run_branches(specs: list[BranchSpec], jobs: int, threads: int | None) -> list[tuple[list, dict]]:
+def run_branches(run: Callable[[BranchSpec], tuple[list, dict]], specs: list[BranchSpec], jobs: int,
+                 threads: int | None) -> list[tuple[list, dict]]:
     """Run every branch and return their ``(stage runs, metrics)`` in the order of ``specs``.
 
     With ``jobs > 1`` each branch runs in a fresh (spawned) process with ``threads`` torch threads; its
@@ -98,8 +100,6 @@ def run_branches(specs: list[BranchSpec], jobs: int, threads: int | None) -> lis
     does not stop the other; the first error is raised once both have ended, and a re-run of the demo
     skips the steps that finished.
     """
-    from cemkit.demo.pipeline import run_branch
-
     if jobs <= 1:
         import torch
 
@@ -107,7 +107,7 @@ def run_branches(specs: list[BranchSpec], jobs: int, threads: int | None) -> lis
         if threads is not None:
             torch.set_num_threads(threads)
         try:
-            return [run_branch(spec) for spec in specs]
+            return [run(spec) for spec in specs]
         finally:
             torch.set_num_threads(saved)
 
@@ -115,7 +115,7 @@ def run_branches(specs: list[BranchSpec], jobs: int, threads: int | None) -> lis
              "/".join(s.init for s in specs), jobs, threads or 1, specs[0].output / "logs")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_run_in_worker, spec) for spec in specs]
+        futures = [pool.submit(_run_in_worker, run, spec) for spec in specs]
         errors = [f.exception() for f in futures]
     for spec, error in zip(specs, errors):
         if error is not None:
@@ -137,11 +137,9 @@ def _init_worker(threads: int | None) -> None:
             pass
 
 
-def _run_in_worker(spec: BranchSpec) -> tuple[list, dict]:
+def _run_in_worker(run: Callable[[BranchSpec], tuple[list, dict]], spec: BranchSpec) -> tuple[list, dict]:
     """Worker entry: logging tagged with the branch, the packaged configs, then the branch itself."""
     from hydra import initialize_config_module
-
-    from cemkit.demo.pipeline import run_branch
 
     logs = spec.output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -154,7 +152,7 @@ def _run_in_worker(spec: BranchSpec) -> tuple[list, dict]:
     root.setLevel(logging.INFO)
     try:
         with initialize_config_module(config_module="cemkit.conf", version_base=None):
-            return run_branch(spec)
+            return run(spec)
     finally:
         for handler in handlers:
             root.removeHandler(handler)

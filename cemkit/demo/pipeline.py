@@ -7,16 +7,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from cemkit.demo.branches import BranchSpec, run_branches, worker_plan
 from cemkit.demo.stages import StageRun, run_stage
 from cemkit.io.atomic import atomic_write_json
-
-if TYPE_CHECKING:
-    from cemkit.demo.branches import BranchSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ def make_data(cfg: DictConfig, out: Path) -> dict[str, Path]:
     data.mkdir(parents=True, exist_ok=True)
     if not paths["raw"].exists():
         write_raw_folder(paths["raw"], n_sources=int(cfg.data.sources), seed=int(cfg.seed))
-    voxel = tuple(float(v) for v in cfg.data.voxel_size) if cfg.data.get("voxel_size") else None
+    voxel = tuple(float(v) for v in cfg.data.voxel_size) if cfg.data.voxel_size else None
     train = make_volume(tuple(cfg.data.train_shape), seed=int(cfg.seed) + 101, style=cfg.data.style, voxel_size=voxel)
     test = make_volume(tuple(cfg.data.test_shape), seed=int(cfg.seed) + 202, style=cfg.data.style, voxel_size=voxel)
     write_tif_stack(paths["train_image"], train.image, voxel_size=train.voxel_size)
@@ -98,8 +95,6 @@ def run_demo(cfg: DictConfig) -> DemoResult:
     models, predict the test volume with each and with their ensemble, evaluate. The branches are
     independent; with ``jobs: 2`` they run side by side in two processes (:mod:`cemkit.demo.branches`).
     """
-    from cemkit.demo.branches import BranchSpec, run_branches, worker_plan
-
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
@@ -117,8 +112,8 @@ def run_demo(cfg: DictConfig) -> DemoResult:
 
     specs = [BranchSpec(init, str(encoder) if init == "pretrained" else "none", out, paths, lists,
                         seed=int(cfg.seed), tta=int(cfg.tta), resume=bool(cfg.resume)) for init in INITS]
-    jobs, threads = worker_plan(cfg.get("jobs", "auto"), cfg.get("threads", "auto"), len(specs))
-    for init, (runs, metrics) in zip(INITS, run_branches(specs, jobs, threads)):
+    jobs, threads = worker_plan(cfg.jobs, cfg.threads, len(specs))
+    for init, (runs, metrics) in zip(INITS, run_branches(run_branch, specs, jobs, threads)):
         result.runs.extend(runs)
         result.metrics[init] = metrics
 

@@ -34,6 +34,8 @@ def run_stage(name: str, overrides: list[str]) -> StageRun:
     """
     from hydra import compose
 
+    import cemkit.zoo  # noqa: F401 - registers the resolver the stages use for ``zoo:NAME`` settings
+
     record = StageRun(name, list(overrides))
     log.info("demo step: %s", record.command)
     cfg = compose(config_name=name, overrides=list(overrides))

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from cemkit.errors import ConfigError
 from cemkit.evaluate.evaluation import Settings, evaluate
 from cemkit.evaluate.report import format_table, write_json
-from cemkit.evaluate.sources import open_prediction
+from cemkit.io.predictions import open_prediction
 from cemkit.io import open_volume
 
 logger = logging.getLogger(__name__)

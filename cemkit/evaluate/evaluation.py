@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cemkit.errors import ConfigError, InputError
-from cemkit.evaluate.sources import Prediction
+from cemkit.io.predictions import Prediction
 from cemkit.io import Volume
 from cemkit.metrics import (
     binary_metrics_from_counts,

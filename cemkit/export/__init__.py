@@ -1,7 +1,7 @@
 """Export: encoder files (see :mod:`cemkit.pretrain.export`), and finetuned segmenters as
 TorchScript, ONNX and BioImage Model Zoo packages, each checked against PyTorch.
 
->>> from cemkit.finetune.checkpoint import load_segmenter
+>>> from cemkit.models.checkpoint import load_segmenter
 >>> from cemkit.export import export_onnx
 >>> model, meta = load_segmenter("outputs/finetune/best.ckpt")
 >>> export_onnx(model, meta, "model.onnx")

@@ -38,7 +38,7 @@ def format_for(output: Path) -> str:
 
 def _segmenter_path(path: Path) -> Path | None:
     """The segmenter checkpoint ``path`` points at, or None when it is not one."""
-    from cemkit.finetune.checkpoint import is_segmenter_checkpoint, read_checkpoint
+    from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
 
     if path.is_dir():
         if (path / "best.ckpt").is_file():
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> None:
     if cfg.activation not in ("probabilities", "logits"):
         raise ConfigError(f"activation={cfg.activation} must be probabilities or logits")
 
-    from cemkit.finetune.checkpoint import load_segmenter
+    from cemkit.models.checkpoint import load_segmenter
 
     model, meta = load_segmenter(segmenter)
     common = {"tile": int(cfg.tile), "output": str(cfg.activation),

@@ -1,10 +1,12 @@
 """Segmentation training (``cemkit finetune``): DeepEM3D-style models on any timm encoder.
 
-- :mod:`cemkit.finetune.checkpoint`: ``load_segmenter`` / ``save_segmenter`` (the segmenter contract).
 - :mod:`cemkit.finetune.data`: image/label volumes, k-frame inputs, patch sampling, augmentation.
 - :mod:`cemkit.finetune.losses`: CE/BCE, Dice, focal, class weights, auto-balance, deep supervision.
 - :mod:`cemkit.finetune.module`: the LightningModule.
 - :mod:`cemkit.finetune.initialization`: ``model.init`` (none, encoder weights, segmenter, zoo).
 - :mod:`cemkit.finetune.training`: one run / all frame counts from a config.
 - :mod:`cemkit.finetune.command`: the CLI stage.
+
+The checkpoint format it writes is :mod:`cemkit.models.checkpoint` (``load_segmenter`` /
+``save_segmenter``); the k-frame slice indexing is :mod:`cemkit.models.frames`.
 """

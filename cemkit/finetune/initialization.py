@@ -6,7 +6,7 @@
 - a path to a finetuned cemkit checkpoint (``best.ckpt``), or a finetune output folder
   (``DIR/{k}fm/best.ckpt`` is picked for ``k`` frames): domain adaptation -- the whole model
   continues training on the new data with a fresh optimizer, schedule and step budget.
-- ``zoo:NAME``: resolved to a local file by :func:`cemkit.zoo.resolve`, then as above.
+- ``zoo:NAME``: resolved to a local file by the model zoo (:mod:`cemkit.models.references`), then as above.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cemkit.errors import InputError
+from cemkit.models.references import is_reference, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,13 @@ def resolve_init(spec: Any, frames: int) -> InitSource:
     InputError
         A missing or unreadable file, or a file that is neither encoder weights nor a segmenter.
     """
-    from cemkit.finetune.checkpoint import is_segmenter_checkpoint, read_checkpoint
+    from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
 
     text = "none" if spec is None else str(spec).strip()
     if text.lower() in ("", "none", "null", "random"):
         return InitSource("none")
-    if text.startswith("zoo:"):
-        from cemkit.zoo import resolve
-
-        path = Path(resolve(text))
+    if is_reference(text):
+        path = resolve_reference(text)
     else:
         path = Path(text).expanduser()
     if path.is_dir():

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from cemkit.finetune.budget import PolyLambda
-from cemkit.finetune.checkpoint import segmenter_entry
+from cemkit.models.checkpoint import segmenter_entry
 from cemkit.finetune.losses import SegmentationLoss
 
 log = logging.getLogger(__name__)
@@ -192,14 +192,14 @@ class SegmentationModule(pl.LightningModule):
         # the fused kernel does AdamW's update in one pass: 12 instead of 41-52 ms per step for resnet18 on one CPU core
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        opt = torch.optim.AdamW(groups, weight_decay=float(c.get("weight_decay", 1e-4)), fused=fused)
-        schedule = str(c.get("schedule", "onecycle")).lower()
+        opt = torch.optim.AdamW(groups, weight_decay=float(c["weight_decay"]), fused=fused)
+        schedule = str(c["schedule"]).lower()
         if schedule == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=[g["lr"] for g in groups], total_steps=max(2, self.total_steps),
-                pct_start=float(c.get("pct_start", 0.3)))
+                pct_start=float(c["pct_start"]))
         elif schedule == "poly":
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLambda(self.total_steps, float(c.get("poly_power", 0.9))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, PolyLambda(self.total_steps, float(c["poly_power"])))
         elif schedule == "constant":
             return opt
         else:

@@ -57,13 +57,14 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     """Read training (and validation) volumes; hold out the last ``data.val_slices`` labelled
     slices when no separate validation data is given."""
     vol = read_labelled_volume(data_cfg.images, data_cfg.labels, int(data_cfg.num_classes), frames=frames,
-                               image_key=data_cfg.get("image_key"), label_key=data_cfg.get("label_key"))
-    if data_cfg.get("val_images"):
-        if not data_cfg.get("val_labels"):
+                               image_key=data_cfg.image_key, label_key=data_cfg.label_key)
+    val_images, val_labels = data_cfg.val_images, data_cfg.val_labels
+    if val_images:
+        if not val_labels:
             raise ConfigError("data.val_images needs data.val_labels")
-        val = read_labelled_volume(data_cfg.val_images, data_cfg.val_labels, int(data_cfg.num_classes),
-                                   frames=frames, image_key=data_cfg.get("image_key"),
-                                   label_key=data_cfg.get("label_key"))
+        val = read_labelled_volume(val_images, val_labels, int(data_cfg.num_classes),
+                                   frames=frames, image_key=data_cfg.image_key,
+                                   label_key=data_cfg.label_key)
         train = vol
         held_out = True
     else:
@@ -72,7 +73,7 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
         if not held_out:
             log.info("data.val_slices=0: training on all %d labelled slices; validation on the last %d of them "
                      "only monitors the fit, and best.ckpt is the final model", len(train.slices), len(val.slices))
-    fraction = data_cfg.get("train_fraction")
+    fraction = data_cfg.train_fraction
     if fraction is not None and float(fraction) < 1.0:
         train = subsample_slices(train, float(fraction))
     return FinetuneData([train], [val], held_out)
@@ -102,7 +103,7 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource, encoder_named: b
 
     Returns ``(model, norms or None, load_report)``.
     """
-    from cemkit.finetune.checkpoint import segmenter_from_checkpoint
+    from cemkit.models.checkpoint import segmenter_from_checkpoint
     from cemkit.models.arch_choice import arch_for_weights, command_line_overrides
     from cemkit.models.arch_choice import encoder_named as names_encoder
     from cemkit.models.deepem3d import FRAME_INITS, build_segmenter
@@ -127,7 +128,7 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource, encoder_named: b
         return model, meta.get("norms"), {"source": str(init.path), "kind": "segmenter", "loaded": n,
                                           "missing": [], "unexpected": []}
     m = cfg.model
-    frame_init = str(m.get("frame_init", "mean"))
+    frame_init = str(m.frame_init)
     if frame_init not in FRAME_INITS:
         raise ConfigError(f"model.frame_init must be one of {', '.join(FRAME_INITS)}, got {frame_init!r}")
     if encoder_named is None:
@@ -135,13 +136,13 @@ def build_model(cfg: DictConfig, frames: int, init: InitSource, encoder_named: b
     arch = arch_for_weights(str(m.encoder.arch), init.weights, encoder_named)
     model, report = build_segmenter(
         arch, frames, num_classes, weights=init.weights,
-        timm_pretrained=bool(m.encoder.get("timm_pretrained", False)) and init.kind == "none",
-        decoder_width=m.get("decoder_width"), dilations=list(m.dilations),
+        timm_pretrained=bool(m.encoder.timm_pretrained) and init.kind == "none",
+        decoder_width=m.decoder_width, dilations=list(m.dilations),
         dilated_max_stride=int(m.dilated_max_stride), final_relu=bool(m.final_relu),
-        tap_max_stride=None if m.get("tap_max_stride") is None else int(m.tap_max_stride),
+        tap_max_stride=None if m.tap_max_stride is None else int(m.tap_max_stride),
         frame_init=frame_init)
     norms = init.weights.norms if init.kind == "encoder" else None
-    if init.kind == "none" and bool(m.encoder.get("timm_pretrained", False)):
+    if init.kind == "none" and bool(m.encoder.timm_pretrained):
         norms = (0.449, 0.226)  # ImageNet mean/std averaged over RGB
     if report:
         report["kind"] = "encoder"
@@ -164,7 +165,7 @@ def _logger_for(logger_cfg: DictConfig | None, out_dir: Path, run_name: str):
 
 
 def _last_every(cfg: DictConfig) -> int:
-    every = cfg.val.get("last_every", 1)
+    every = cfg.val.last_every
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"val.last_every must be a positive integer (validations between resume points), got {every!r}")
     return every
@@ -202,29 +203,29 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     from cemkit.tracking import build_trainer
 
     started = time.monotonic()
-    budget_s = parse_duration(cfg.trainer.get("max_time"))
+    budget_s = parse_duration(cfg.trainer.max_time)
     _warn_about_the_cpu(cfg, budget_s)
     out_dir.mkdir(parents=True, exist_ok=True)
-    finished = read_result(out_dir)
-    if finished is not None and not cfg.get("overwrite", False):
+    finished, overwrite = read_result(out_dir), bool(cfg.overwrite)
+    if finished is not None and not overwrite:
         log.info("%s is finished (%s exists): skipped (overwrite=true retrains)", out_dir, RESULT_FILE)
         return finished
-    resume = _ckpt_path(cfg.get("ckpt_path"), out_dir)
+    resume = _ckpt_path(cfg.ckpt_path, out_dir)
     if resume is not None:
         _check_resumable(resume, cfg)
 
     pl.seed_everything(int(cfg.seed), workers=True)
-    init_value = cfg.model.get("init") if init_spec is None else init_spec
+    init_value = cfg.model.init if init_spec is None else init_spec
     init = resolve_init(init_value, frames)
     model, init_norms, report = build_model(cfg, frames, init)
     try:
-        frozen = model.freeze_encoder(cfg.model.get("freeze_encoder", "none"))
+        frozen = model.freeze_encoder(cfg.model.freeze_encoder)
     except ValueError as exc:
         raise ConfigError(f"model.freeze_encoder: {exc}") from exc
     if frozen:
         log.info("frozen encoder modules: %d (BatchNorm kept in eval mode)", len(frozen))
 
-    if cfg.data.get("norms") is not None:
+    if cfg.data.norms is not None:
         norms = tuple(float(v) for v in cfg.data.norms)
         norms_source = "data.norms"
     elif init_norms is not None:
@@ -249,9 +250,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     train_ds = PatchDataset(data.train, frames, int(d.crop), val_every * int(d.batch_size), norms,
                             background_keep=float(d.background_keep),
                             augment=_augmentation(d),
-                            seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.get("z_flip", False)),
+                            seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.z_flip),
                             hard_negatives=_fraction(d.hard_negatives, "data.hard_negatives"))
-    val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.get("tile"))
+    val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.tile)
     workers = int(d.num_workers)
     # data.batch_size is the GLOBAL batch (as in pretrain): under DDP each of the W processes takes
     # batch_size / W of it. Patches are a function of (seed, optimizer step): a resumed run, with any
@@ -266,14 +267,14 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     l = cfg.loss
     try:
         loss = SegmentationLoss(dict(plain(l.terms)), int(d.num_classes),
-                                class_weights=None if l.get("class_weights") is None else list(l.class_weights),
+                                class_weights=None if l.class_weights is None else list(l.class_weights),
                                 auto_balance=bool(l.auto_balance), focal_gamma=float(l.focal_gamma),
                                 deep_supervision=float(l.deep_supervision))
     except ValueError as exc:
         raise ConfigError(f"loss: {exc}") from exc
     meta = {"frames": frames, "num_classes": int(d.num_classes), "norms": [float(norms[0]), float(norms[1])],
             "arch": model.arch, "norms_source": norms_source, "init": str(init_value),
-            "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.get("class_names"))}
+            "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.class_names)}
     hparams = {"config": plain(cfg), "frames": frames}
     module = SegmentationModule(model, loss, meta, dict(plain(cfg.optim)), total, hparams=hparams,
                                 overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")
@@ -289,7 +290,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     last_cb = ResumePointCheckpoint(val_every, _last_every(cfg), total, dirpath=str(out_dir), filename="last",
                                     monitor=None, save_top_k=1, auto_insert_metric_name=False,
                                     enable_version_counter=False, save_on_train_epoch_end=False)
-    logger = _logger_for(cfg.get("logger"), out_dir, f"{frames}fm")
+    logger = _logger_for(cfg.logger, out_dir, f"{frames}fm")
     csv_path = _csv_metrics_path(logger)
     # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
     prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
@@ -304,9 +305,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
-                            max_steps=total, max_epochs=-1, check_val_every_n_epoch=1, max_time=None,
-                            val_check_interval=None, num_sanity_val_steps=0, use_distributed_sampler=False,
-                            log_every_n_steps=min(int(cfg.trainer.get("log_every_n_steps", 10)), val_every))
+                            max_steps=total, max_time=None,  # the budget plans max_steps (TimeBudget)
+                            **STAGE_TRAINER_OPTIONS, use_distributed_sampler=False,
+                            log_every_n_steps=min(int(cfg.trainer.log_every_n_steps), val_every))
     check_global_batch(int(d.batch_size), trainer.world_size)
     sampler.accumulate = int(trainer.accumulate_grad_batches)
     sampler.position = lambda: trainer.global_step
@@ -344,10 +345,10 @@ def _warn_about_the_cpu(cfg: DictConfig, budget_s: float | None) -> None:
     """Warn when a CPU run's settings were made for another machine (bf16 without bf16 units, fewer cores)."""
     import torch
 
-    on_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
+    on_cpu = str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available()
     if not on_cpu:
         return
-    if "bf16" in str(cfg.trainer.get("precision", "")) and not cpu_has_native_bf16():
+    if "bf16" in str(cfg.trainer.precision) and not cpu_has_native_bf16():
         log.warning("trainer.precision=%s on a CPU without AVX512-BF16/AMX: bf16 autocast is emulated and slower "
                     "than float32 here; set trainer.precision=32-true", cfg.trainer.precision)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -384,7 +385,7 @@ RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "dat
 
 def _check_resumable(path: str, cfg: DictConfig) -> None:
     """A resumed run must keep the settings that define its steps, patches and schedule."""
-    from cemkit.finetune.checkpoint import read_checkpoint
+    from cemkit.models.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path, mmap=True)
     if "optimizer_states" not in ckpt:
@@ -446,6 +447,22 @@ def frames_list(value: Any) -> list[int]:
     return [f]
 
 
+# Trainer options finetune sets itself: a run is counted in optimizer steps (trainer.max_steps or
+# trainer.max_time) and validated every val.every steps. Another value in the config is refused.
+STAGE_TRAINER_OPTIONS = {"max_epochs": -1, "check_val_every_n_epoch": 1, "val_check_interval": None,
+                         "num_sanity_val_steps": 0}
+
+
+def check_trainer_options(trainer_cfg: DictConfig) -> None:
+    """Refuse a ``trainer.*`` value that finetune must control (see :data:`STAGE_TRAINER_OPTIONS`)."""
+    wrong = [f"trainer.{key}={trainer_cfg[key]!r} (finetune needs {value!r})"
+             for key, value in STAGE_TRAINER_OPTIONS.items() if trainer_cfg[key] != value]
+    if wrong:
+        raise ConfigError("finetune sets these trainer options itself, since a run is counted in optimizer steps "
+                          "(trainer.max_steps or trainer.max_time) and validated every val.every steps: "
+                          + "; ".join(wrong) + ". Remove the override.")
+
+
 def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``.
 
@@ -453,14 +470,15 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     ``model.chain_frames`` from the previous model; with ``model.trunk.steps > 0`` from a shared 1fm
     trunk trained first into ``output/trunk`` (see :func:`member_config`).
     """
+    check_trainer_options(cfg.trainer)
     frames = frames_list(cfg.model.frames)
     out = Path(str(cfg.output))
-    chain = bool(cfg.model.get("chain_frames", False))
+    chain = bool(cfg.model.chain_frames)
     trunk_steps, lr_scale = trunk_settings(cfg)
     if chain and trunk_steps:
         raise ConfigError("model.chain_frames=true and model.trunk.steps > 0 are two ways to start the models: "
                           "choose one")
-    budgets = frame_steps(cfg.model.get("frame_steps"))
+    budgets = frame_steps(cfg.model.frame_steps)
     data = load_data(cfg.data, max(frames))
     trunk: str | None = None
     if trunk_steps:
@@ -482,13 +500,12 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
 
 
 TRUNK_FOLDER = "trunk"
-TRUNK_LR_SCALE = 0.3  # default of model.trunk.lr_scale
 
 
 def trunk_settings(cfg: DictConfig) -> tuple[int, float]:
     """``(model.trunk.steps, model.trunk.lr_scale)``, checked (steps 0 = no trunk)."""
-    t = cfg.model.get("trunk") or {}
-    steps, scale = int(t.get("steps", 0) or 0), float(t.get("lr_scale", TRUNK_LR_SCALE))
+    t = cfg.model.trunk
+    steps, scale = int(t.steps or 0), float(t.lr_scale)
     if steps < 0:
         raise ConfigError(f"model.trunk.steps must be >= 0, got {steps}")
     if not scale > 0:
@@ -532,7 +549,7 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
     quality whose errors differ, which an ensemble's mean needs to beat its best member. (Chained models
     are each better than the last and share its errors, so their mean lands between them; independent
     3fm/5fm models learn more slowly than the 1fm from a random start.) On short budgets the members
-    can still differ by more than averaging gains: measurements in docs/finetune.md, "Ensemble members".
+    can still differ by more than averaging gains: measurements in docs/results.md, "Ensembles on CPU budgets".
     """
     m = copy.deepcopy(cfg)
     m.seed = int(cfg.seed) + int(frames)
@@ -543,7 +560,7 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
 
 def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
     """The finished model in ``folder`` (``best.ckpt``, else ``last.ckpt``) that the next model starts from."""
-    from cemkit.finetune.checkpoint import checkpoint_in
+    from cemkit.models.checkpoint import checkpoint_in
 
     found = checkpoint_in(folder)
     if found is None:

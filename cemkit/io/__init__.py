@@ -5,7 +5,9 @@
 >>> vol.shape, vol.voxel_size, vol[0:2].shape  # doctest: +SKIP
 
 See docs/data_formats.md for the formats and conversion rules. :mod:`cemkit.io.atomic` holds the
-atomic-write helpers (temporary sibling renamed into place) that every cemkit output goes through.
+atomic-write helpers (temporary sibling renamed into place) that every cemkit output goes through;
+:mod:`cemkit.io.corpus` the curated corpus (written by curate, read by pretrain);
+:mod:`cemkit.io.predictions` what a prediction path holds (read by evaluate and predict).
 """
 
 from cemkit.io.atomic import (
@@ -15,13 +17,12 @@ from cemkit.io.atomic import (
     atomic_write_text,
 )
 from cemkit.io.intensity import (
-    Uint8View,
     estimate_percentiles,
     rgb_to_gray,
     stretch_to_uint8,
 )
 from cemkit.io.open import open_volume
-from cemkit.io.volume import ArrayVolume, Volume
+from cemkit.io.volume import ArrayVolume, Uint8View, Volume
 from cemkit.io.writers import (
     create_zarr,
     write_npy,

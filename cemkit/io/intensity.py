@@ -1,6 +1,7 @@
 """Intensity conversion: any stored dtype -> uint8, RGB -> gray.
 
-Pure functions plus :class:`Uint8View`, the lazy view returned by :meth:`Volume.as_uint8`.
+Pure functions; :class:`cemkit.io.volume.Uint8View`, the lazy view returned by :meth:`Volume.as_uint8`,
+applies them.
 
 Rules
 -----
@@ -18,15 +19,15 @@ negative half clipped to 0, which is what a plain ``astype(np.uint8)`` or ``np.c
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cemkit.errors import ConfigError
-from cemkit.io.volume import Volume
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # a type only: cemkit.io.volume imports this module
+    from cemkit.io.volume import Volume
+
 
 #: luminance weights (ITU-R BT.709, as skimage.color.rgb2gray)
 RGB_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
@@ -150,41 +151,3 @@ def check_percentiles(percentiles: Any) -> tuple[float, float]:
     if not 0.0 <= lo_p < hi_p <= 100.0:
         raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
     return lo_p, hi_p
-
-
-class Uint8View(Volume):
-    """Lazy uint8 view of another volume (see :meth:`Volume.as_uint8`).
-
-    The stretch limits are computed once, when the view is created, and travel with it when
-    pickled, so every worker converts identically.
-
-    Attributes
-    ----------
-    source : Volume
-        The wrapped volume.
-    low, high : float
-        Intensities mapped to 0 and 255 (``None`` for bool sources, mapped to 0/255).
-    """
-
-    def __init__(self, source: Volume, percentiles: tuple[float, float] = (0.5, 99.5),
-                 max_slices: int = 16, low: float | None = None, high: float | None = None):
-        super().__init__(source.shape, np.uint8, source.voxel_size, source.name, source.path)
-        self.source = source
-        self.percentiles = check_percentiles(percentiles)
-        if source.dtype == np.bool_:
-            self.low, self.high = None, None
-        elif low is not None and high is not None:
-            self.low, self.high = float(low), float(high)
-        else:
-            self.low, self.high = estimate_percentiles(source, self.percentiles, max_slices)
-            logger.debug("%s: %s -> uint8 stretch %g..%g (percentiles %s)", source.path,
-                         source.dtype, self.low, self.high, self.percentiles)
-
-    def _read(self, zs: slice, ys: slice, xs: slice) -> np.ndarray:
-        block = self.source._read(zs, ys, xs)
-        if self.low is None:
-            return np.asarray(block, dtype=bool).astype(np.uint8) * np.uint8(255)
-        return stretch_to_uint8(block, self.low, self.high)
-
-    def as_uint8(self, percentiles: tuple[float, float] = (0.5, 99.5), max_slices: int = 16) -> Volume:
-        return self

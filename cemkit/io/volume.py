@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cemkit.errors import InputError
+from cemkit.io.intensity import check_percentiles, estimate_percentiles, rgb_to_gray, stretch_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -222,9 +223,6 @@ class Volume:
         stretched linearly between the ``percentiles`` of the data, estimated once from up to
         ``max_slices`` evenly spaced z-slices (see :func:`cemkit.io.intensity.estimate_percentiles`).
         """
-        # local import: cemkit.io.intensity imports this module
-        from cemkit.io.intensity import Uint8View
-
         if self.dtype == np.uint8:
             return self
         return Uint8View(self, percentiles=percentiles, max_slices=max_slices)
@@ -327,7 +325,43 @@ class ArrayVolume(Volume):
         if "z" not in core:
             block = block[None]
         if core.endswith("s"):
-            from cemkit.io.intensity import rgb_to_gray
-
             block = rgb_to_gray(block)
         return block
+
+
+class Uint8View(Volume):
+    """Lazy uint8 view of another volume (see :meth:`Volume.as_uint8`).
+
+    The stretch limits are computed once, when the view is created, and travel with it when
+    pickled, so every worker converts identically.
+
+    Attributes
+    ----------
+    source : Volume
+        The wrapped volume.
+    low, high : float
+        Intensities mapped to 0 and 255 (``None`` for bool sources, mapped to 0/255).
+    """
+
+    def __init__(self, source: Volume, percentiles: tuple[float, float] = (0.5, 99.5),
+                 max_slices: int = 16, low: float | None = None, high: float | None = None):
+        super().__init__(source.shape, np.uint8, source.voxel_size, source.name, source.path)
+        self.source = source
+        self.percentiles = check_percentiles(percentiles)
+        if source.dtype == np.bool_:
+            self.low, self.high = None, None
+        elif low is not None and high is not None:
+            self.low, self.high = float(low), float(high)
+        else:
+            self.low, self.high = estimate_percentiles(source, self.percentiles, max_slices)
+            logger.debug("%s: %s -> uint8 stretch %g..%g (percentiles %s)", source.path,
+                         source.dtype, self.low, self.high, self.percentiles)
+
+    def _read(self, zs: slice, ys: slice, xs: slice) -> np.ndarray:
+        block = self.source._read(zs, ys, xs)
+        if self.low is None:
+            return np.asarray(block, dtype=bool).astype(np.uint8) * np.uint8(255)
+        return stretch_to_uint8(block, self.low, self.high)
+
+    def as_uint8(self, percentiles: tuple[float, float] = (0.5, 99.5), max_slices: int = 16) -> Volume:
+        return self

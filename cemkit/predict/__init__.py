@@ -1,7 +1,7 @@
 """Tiled, streaming inference with TTA, ensembles and post-processing (`cemkit predict`).
 
 >>> from cemkit.predict import PredictSettings, run_prediction   # doctest: +SKIP
->>> run_prediction("stack.tif", "outputs/p", "outputs/finetune", settings=PredictSettings(tta=8))  # doctest: +SKIP
+>>> run_prediction("stack.tif", "outputs/p", "outputs/finetune", settings=PredictSettings.defaults(tta=8))  # doctest: +SKIP
 
 Modules: ``tiling`` (windows, padding, blending weights), ``tta`` (16 variants and inverses),
 ``ensemble`` (mean / weighted / vote), ``streaming`` (slab engine, z context), ``orthoplane``,

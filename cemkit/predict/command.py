@@ -13,15 +13,14 @@ logger = logging.getLogger(__name__)
 
 def settings_from_cfg(cfg: DictConfig):
     """:class:`~cemkit.predict.runner.PredictSettings` from the composed config."""
-    from dataclasses import fields
-
     from cemkit.predict.runner import PredictSettings
 
-    data = OmegaConf.to_container(cfg, resolve=True)
-    kwargs = {f.name: data[f.name] for f in fields(PredictSettings) if f.name in data}
-    if kwargs.get("weights") is not None and not isinstance(kwargs["weights"], list):
-        raise ConfigError(f"weights must be a list such as weights=[1,1,2], got {kwargs['weights']!r}")
-    return PredictSettings(**kwargs)
+    settings = PredictSettings.from_config(
+        {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+         for key, value in ((f, cfg[f]) for f in PredictSettings.__dataclass_fields__ if f in cfg)})
+    if settings.weights is not None and not isinstance(settings.weights, list):
+        raise ConfigError(f"weights must be a list such as weights=[1,1,2], got {settings.weights!r}")
+    return settings
 
 
 def run(cfg: DictConfig) -> None:
@@ -29,7 +28,7 @@ def run(cfg: DictConfig) -> None:
 
     settings = settings_from_cfg(cfg)
     checkpoint, predictions = (OmegaConf.to_container(v) if OmegaConf.is_list(v) else v
-                               for v in (cfg.checkpoint, cfg.get("predictions")))
+                               for v in (cfg.checkpoint, cfg.predictions))
     record = run_prediction(cfg.input, cfg.output, checkpoint, settings=settings, input_key=cfg.input_key,
                             predictions=predictions)
     if record.get("outputs"):

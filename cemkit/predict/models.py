@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from cemkit.errors import InputError
-from cemkit.finetune.checkpoint import checkpoint_in, load_segmenter
+from cemkit.models.checkpoint import checkpoint_in, load_segmenter
+from cemkit.models.references import is_reference, resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +60,15 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
     ``spec`` is one entry or several (a list or a comma-separated string). An entry is a checkpoint
     file; a finetune run folder holding ``1fm/``, ``3fm/``, ``5fm/`` (each contributes its
     ``best.ckpt``, else ``last.ckpt``); a folder holding ``best.ckpt``/``last.ckpt``; or
-    ``zoo:NAME`` (downloaded/cached by :func:`cemkit.zoo.resolve`).
+    ``zoo:NAME`` (downloaded/cached by the model zoo, see :mod:`cemkit.models.references`).
     """
     entries = _as_list(spec)
     if not entries:
         raise InputError("predict: no checkpoint given; pass checkpoint=PATH (file, finetune folder or zoo:NAME)")
     paths: list[Path] = []
     for entry in entries:
-        if entry.startswith("zoo:"):
-            from cemkit.zoo import resolve  # lazy: only needed for zoo models
-
-            paths += resolve_checkpoints(str(resolve(entry)))
+        if is_reference(entry):
+            paths += resolve_checkpoints(str(resolve_reference(entry)))
             continue
         p = Path(entry).expanduser()
         if p.is_file():
@@ -89,7 +88,7 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
 
 
 def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> list[Segmenter]:
-    """Load checkpoints with :func:`cemkit.finetune.checkpoint.load_segmenter` onto ``device``."""
+    """Load checkpoints with :func:`cemkit.models.checkpoint.load_segmenter` onto ``device``."""
     models = []
     for path in paths:
         try:

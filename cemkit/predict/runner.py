@@ -21,14 +21,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cemkit.conf import stage_defaults
 from cemkit.collective import together
 from cemkit.devices import select_device
 from cemkit.errors import ConfigError, InputError
@@ -60,32 +61,49 @@ PROGRESS_GLOB = ".progress*.json"  # ".progress.json" (one process) or ".progres
 
 @dataclass
 class PredictSettings:
-    """Every knob of a prediction (the keys of ``conf/predict.yaml`` besides input/output/checkpoint)."""
+    """Every knob of a prediction: the keys of ``conf/predict.yaml`` besides input/output/checkpoint.
 
-    tile_size: int = 512
-    overlap: float = 0.25
-    blending: str = "gaussian"
-    sigma_scale: float = 0.125
-    border: int = 32
-    batch_size: int = 4
-    slab_size: int = 8
-    tta: int = 0
-    ensemble: str = "mean"
-    weights: list[float] | None = None
-    orthoplane: bool = False
-    threshold: float = 0.5
-    prob_dtype: str = "float16"
-    output_format: str = "zarr"
-    instances: bool = True
-    watershed: bool = False
-    watershed_h: float = 2.0
-    connectivity: int = 1
-    min_size: int = 50
-    overlays: int = 4
-    device: str = "auto"
-    amp: bool = True
-    resume: bool = True
-    progress: bool = True
+    The YAML is the one place their defaults are written: :meth:`from_config` reads every key of a
+    composed config (no fallbacks), :meth:`defaults` gives the YAML's values with some changed.
+    """
+
+    tile_size: int
+    overlap: float
+    blending: str
+    sigma_scale: float
+    border: int
+    batch_size: int
+    slab_size: int
+    tta: int
+    ensemble: str
+    weights: list[float] | None
+    orthoplane: bool
+    threshold: float
+    prob_dtype: str
+    output_format: str
+    instances: bool
+    watershed: bool
+    watershed_h: float
+    connectivity: int
+    min_size: int
+    overlays: int
+    device: str
+    amp: bool
+    resume: bool
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PredictSettings:
+        """The settings of a composed ``predict`` config (every field must be there)."""
+        missing = [f.name for f in fields(cls) if f.name not in cfg]
+        if missing:
+            raise ConfigError(f"predict: the config lacks {', '.join(missing)}")
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> PredictSettings:
+        """``conf/predict.yaml``'s settings with ``changes`` (for Python callers of :func:`run_prediction`)."""
+        return replace(cls.from_config(stage_defaults("predict")), **changes)
 
     def check(self, n_models: int | None) -> None:
         """Raise :class:`ConfigError` naming every bad setting (weights only when ``n_models`` is known)."""
@@ -186,46 +204,50 @@ def _model_record(m: Segmenter, path: Path | None) -> dict:
     return rec
 
 
-def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
-                   models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
-                   input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> dict:
-    """Predict a volume and write the outputs listed in the module docstring.
+@dataclass
+class PredictionPlan:
+    """What a prediction will do, decided before any output is written (:func:`plan_prediction`)."""
 
-    Parameters
-    ----------
-    input_path : str or Path
-        Anything :func:`cemkit.io.open_volume` opens (tif, png folder, zarr, h5, mrc, npy, ...).
-    output : str or Path
-        Output folder.
-    checkpoint : str or list, optional
-        Checkpoint spec(s) (see :func:`cemkit.predict.models.resolve_checkpoints`).
-    models : sequence of Segmenter, optional
-        Already-built models (instead of ``checkpoint``; used by tests and benchmarks).
-    settings : PredictSettings
-    input_key : str, optional
-        Dataset inside an HDF5/zarr container.
-    predictions : sequence of str or Path, optional
-        Saved probability maps (``cemkit predict`` output folders or probability volumes of the
-        input's shape) to combine with ``settings.ensemble`` instead of running models
-        (:mod:`cemkit.predict.saved`); tiling and TTA settings do not apply.
+    input_path: str | Path
+    input_key: str | None
+    output: Path
+    settings: PredictSettings
+    info: devices.DistInfo
+    device: torch.device
+    volume: Any                     # the input Volume
+    source: Any                     # its uint8 view, what the models read
+    models: list[Segmenter] | None  # the models to run, or None ...
+    saved: list | None              # ... the saved probability maps to combine
+    members: list[dict] | None      # predict.json records of the saved maps
+    record_models: list[dict]
+    channels: int
 
-    Returns
-    -------
-    dict
-        The ``predict.json`` record.
+    @property
+    def multi(self) -> bool:
+        return self.channels > 1
+
+    @property
+    def work(self) -> Path:
+        """Where the zarr arrays are written (``output``, or ``output/.work`` for tif/png output)."""
+        return self.output if self.settings.output_format == "zarr" else self.output / ".work"
+
+
+def plan_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
+                    models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
+                    input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> PredictionPlan:
+    """Check the settings, the checkpoint files and the input, then load the models (or the saved maps).
+
+    The cheap checks come first, so that a bad setting or path fails before any model is loaded.
     """
-    from cemkit.io import create_zarr, open_volume, write_png_folder, write_tif_stack
+    from cemkit.io import open_volume
 
-    s = settings or PredictSettings()
+    s = settings or PredictSettings.defaults()
     info = devices.dist_info()
     device = select_device(s.device, info.local_rank)
     devices.init_distributed(info, device)
-    output = Path(output)
-    t_start = time.perf_counter()
 
     # every rank prepares; one that fails stops the others (an error naming it) instead of leaving them waiting
     with together("preparing the prediction"):
-        # cheap checks first: settings, checkpoint files, the input volume; then load the models
         s.check(None)
         if s.output_format == "png" and s.prob_dtype != "uint8":
             logger.info("output_format=png: probabilities are written as uint8 (x255)")
@@ -245,9 +267,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
             s.check(len(ckpts) if models is None else len(models))
         vol = open_volume(input_path, key=input_key)
         src = vol.as_uint8()
-        depth, height, width = vol.shape
-        paths: list[Path | None]
-        members: list[dict] | None = None
+        saved = members = None
         if predictions is not None:
             saved = open_saved_predictions(predictions, vol.shape)
             if s.tta:
@@ -256,6 +276,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
             record_models = [m for member in members for m in member.get("models", [])]
             channels = saved[0].channels
         else:
+            paths: list[Path | None]
             if models is None:
                 models = load_segmenters(ckpts, device)
                 paths = list(ckpts)
@@ -266,42 +287,54 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                 paths = [None] * len(models)
             record_models = [_model_record(m, p) for m, p in zip(models, paths)]
             channels = output_channels(models, device)
-        multi = channels > 1
         logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
                     input_path, vol.shape, vol.voxel_size, len(members or record_models),
                     "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
+        return PredictionPlan(input_path, input_key, Path(output), s, info, device, vol, src,
+                              None if saved is not None else models, saved, members, record_models, channels)
 
-        signature = {
-            "input": str(Path(input_path).resolve()), "input_key": input_key, "shape": list(vol.shape),
-            "models": record_models, "predictions": members,
-            # post-processing always reruns, so its settings do not invalidate finished slabs
-            "settings": {k: v for k, v in asdict(s).items()
-                         if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
-                                      "watershed_h", "connectivity", "min_size", "overlays")},
-        }
-        progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
-        # the records of every rank of the interrupted run, whatever its number of processes: finished
-        # slabs are skipped whichever rank wrote them, so a resume may use another number of processes
-        others = sorted(p for p in output.glob(PROGRESS_GLOB) if p.name != progress_name)
-        log = ProgressLog(output / progress_name, signature, resume=s.resume, others=others, world=info.world)
-        if log.resumed:
-            logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
-            if log.worlds - {info.world}:
-                logger.info("the interrupted run had %s process(es), this one has %d: the slabs it finished are kept, "
-                            "the others are shared out again", "/".join(map(str, sorted(log.worlds))), info.world)
+
+def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dict[str, Any]]:
+    """The resume record and the zarr arrays to write into: ``(log, arrays, view_stores)``.
+
+    A run is resumed when the record matches the plan (input, models, the settings that change the
+    maps); otherwise the arrays are created afresh. Rank 0 creates them, the other ranks reopen them.
+    """
+    from cemkit.io import create_zarr
+
+    s, info, vol = plan.settings, plan.info, plan.volume
+    depth, height, width = vol.shape
+    signature = {
+        "input": str(Path(plan.input_path).resolve()), "input_key": plan.input_key, "shape": list(vol.shape),
+        "models": plan.record_models, "predictions": plan.members,
+        # post-processing always reruns, so its settings do not invalidate finished slabs
+        "settings": {k: v for k, v in asdict(s).items()
+                     if k not in ("device", "amp", "resume", "progress", "batch_size", "instances", "watershed",
+                                  "watershed_h", "connectivity", "min_size", "overlays")},
+    }
+    progress_name = ".progress.json" if info.world == 1 else f".progress.rank{info.rank}.json"
+    # the records of every rank of the interrupted run, whatever its number of processes: finished
+    # slabs are skipped whichever rank wrote them, so a resume may use another number of processes
+    others = sorted(p for p in plan.output.glob(PROGRESS_GLOB) if p.name != progress_name)
+    log = ProgressLog(plan.output / progress_name, signature, resume=s.resume, others=others, world=info.world)
+    if log.resumed:
+        logger.info("resuming: %d unit(s) already finished (%s)", len(log.done), log.path)
+        if log.worlds - {info.world}:
+            logger.info("the interrupted run had %s process(es), this one has %d: the slabs it finished are kept, "
+                        "the others are shared out again", "/".join(map(str, sorted(log.worlds))), info.world)
     # one decision for all ranks: a run is resumed when any rank had finished work. (Decided per rank,
     # rank 0 with nothing finished would wipe the arrays while another rank skipped its written slabs.)
+    device = plan.device
     fresh = not devices.any_rank(log.resumed, device if device.type == "cuda" else "cpu")
-    work = output if s.output_format == "zarr" else output / ".work"
-    vs = vol.voxel_size
+    work, vs, multi = plan.work, vol.voxel_size, plan.multi
 
     def make(path: Path, shape, dtype, chunk_channels: bool = False):
         return create_zarr(path, shape, dtype, _chunks(shape, s.slab_size, chunk_channels), voxel_size=vs,
                            overwrite=fresh and info.is_main)
 
-    prob_shape = ((channels,) if multi else ()) + (depth, height, width)
-    arrays = {}
-    view_stores = {}
+    prob_shape = ((plan.channels,) if multi else ()) + (depth, height, width)
+    arrays: dict[str, Any] = {}
+    view_stores: dict[str, Any] = {}
     for step in (0, 1):  # rank 0 creates the arrays, the others open them after it
         with together("creating the output arrays" if step == 0 else "opening the output arrays"):
             if step == 0 and info.is_main:
@@ -309,26 +342,36 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                     for p in others:
                         p.unlink(missing_ok=True)
                     log.reset()
-                output.mkdir(parents=True, exist_ok=True)
+                plan.output.mkdir(parents=True, exist_ok=True)
             if (step == 0) == info.is_main:
                 arrays["prob"] = make(work / "probabilities.zarr", prob_shape, s.prob_dtype, multi)
                 arrays["mask"] = make(work / "mask.zarr", (depth, height, width), "uint8")
                 if s.orthoplane:
                     for name, order in VIEWS.items():
-                        shape = ((channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
+                        shape = ((plan.channels,) if multi else ()) + tuple(vol.shape[a] for a in order)
                         view_stores[name] = make(work / ".views" / f"{name}.zarr", shape, "float32", multi)
+    return log, arrays, view_stores
 
-    if predictions is not None:
-        predictor = SavedMapCombiner(saved, s.ensemble, s.weights, s.threshold)
+
+def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any],
+                   view_stores: dict[str, Any]) -> dict[str, Any]:
+    """Predict (or combine) every slab this rank owns into ``arrays``; returns the passes' statistics.
+
+    With ``orthoplane`` the xy, xz and yz passes go to ``view_stores`` first and are then averaged.
+    """
+    s, info = plan.settings, plan.info
+    src = plan.source
+    if plan.saved is not None:
+        predictor = SavedMapCombiner(plan.saved, s.ensemble, s.weights, s.threshold)
     else:
-        predictor = SlabPredictor(models, s.tile_settings(), device, s.amp, s.ensemble, s.weights, s.threshold)
+        predictor = SlabPredictor(plan.models, s.tile_settings(), plan.device, amp=s.amp, ensemble=s.ensemble,
+                                  weights=s.weights, threshold=s.threshold)
     stats: dict[str, Any] = {}
 
     def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
         _write_prob(arrays["prob"], z0, z1, chw, s.prob_dtype)
         arrays["mask"][z0:z1] = threshold_mask(chw, s.threshold)
 
-    t0 = time.perf_counter()
     with together("predicting its slabs"):
         if not s.orthoplane:
             stats["xy"] = run_slabs(
@@ -351,43 +394,38 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                                         desc=f"predict {name}")
     if s.orthoplane:
         with together("averaging the views"):  # after every rank's views are written
-            for i, (z0, z1) in enumerate(slab_ranges(depth, s.slab_size)):
+            for i, (z0, z1) in enumerate(slab_ranges(plan.volume.shape[0], s.slab_size)):
                 if i % info.world == info.rank and not log.is_done(f"avg:{i}"):
-                    write_final(z0, z1, average_views(view_stores, z0, z1, multi))
+                    write_final(z0, z1, average_views(view_stores, z0, z1, plan.multi))
                     log.mark(f"avg:{i}")
-    predict_s = time.perf_counter() - t0  # every slab of every rank is written (the meeting above)
-    devices.shutdown_distributed()
+    return stats
 
-    record = {
-        "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
-                  "voxel_size": list(vs) if vs else None},
-        "models": record_models, "predictions": members, "settings": asdict(s), "device": str(device),
-        "world": info.world, "channels": channels, "resumed": log.resumed,
-        "timings": {"predict_s": round(predict_s, 3),
-                    "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
-                    if predict_s > 0 and not log.resumed else None,
-                    "passes": stats},
-    }
-    if not info.is_main:
-        return record
 
-    t1 = time.perf_counter()
+def post_process(plan: PredictionPlan, arrays: dict[str, Any]) -> tuple[int | None, dict[str, str]]:
+    """Instances (connected components, optional watershed split), the object table and the overlays.
+
+    Adds ``arrays["labels"]``; returns the number of objects (``None`` without ``instances``) and the
+    paths written so far.
+    """
+    from cemkit.io import create_zarr
+
+    s, output, vs = plan.settings, plan.output, plan.volume.voxel_size
+    shape = tuple(plan.volume.shape)
     outputs: dict[str, str] = {}
     n_objects = None
     if s.instances:
-        arrays["labels"] = create_zarr(work / "labels.zarr", (depth, height, width), "uint32",
-                                       _chunks((depth, height, width), s.slab_size, False), voxel_size=vs,
-                                       overwrite=True)
+        arrays["labels"] = create_zarr(plan.work / "labels.zarr", shape, "uint32",
+                                       _chunks(shape, s.slab_size, False), voxel_size=vs, overwrite=True)
         band = max(s.slab_size, 16)  # planes per read of the labels in the post-processing passes
         n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=band,
                                      connectivity=s.connectivity, min_size=s.min_size)
         if s.watershed:  # each component split on its own: memory for the largest object, not the volume
             components = object_table(arrays["labels"], slab_size=band, count=n_objects)
-            _check_watershed_memory(components, (depth, height, width))
+            _check_watershed_memory(components, shape)
             n_objects = split_objects(arrays["labels"], components, vs, h=s.watershed_h, connectivity=s.connectivity,
                                       min_size=s.min_size, slab_size=band)
         table = object_table(arrays["labels"], slab_size=band,
-                             probabilities=None if multi else arrays["prob"],
+                             probabilities=None if plan.multi else arrays["prob"],
                              prob_scale=1 / 255 if s.prob_dtype == "uint8" else 1.0, count=n_objects)
         outputs["objects"] = str(write_table_csv(output / "objects.csv", table, vs))
         logger.info("%d objects", n_objects)
@@ -398,9 +436,18 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         overlay_dir = output / "overlays"
         if overlay_dir.exists():
             shutil.rmtree(overlay_dir)
-        write_overlays(src, shown, overlay_dir, s.overlays)
+        write_overlays(plan.source, shown, overlay_dir, s.overlays)
         outputs["overlays"] = str(overlay_dir)
+    return n_objects, outputs
 
+
+def write_outputs(plan: PredictionPlan, arrays: dict[str, Any], log: ProgressLog) -> dict[str, str]:
+    """The volumes in ``output_format``: the zarr arrays themselves, or tif stacks / png folders written
+    from them (then the working zarrs and the resume record are removed). Returns their paths."""
+    from cemkit.io import write_png_folder, write_tif_stack
+
+    s, output, work, vs = plan.settings, plan.output, plan.work, plan.volume.voxel_size
+    outputs: dict[str, str] = {}
     names = {"prob": "probabilities", "mask": "mask", "labels": "labels"}
     for key, name in names.items():
         if key not in arrays:
@@ -410,7 +457,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
             continue
         arr = arrays[key]
         if arr.ndim == 4:
-            logger.info("%d-class probabilities stay in zarr: %s", channels, work / f"{name}.zarr")
+            logger.info("%d-class probabilities stay in zarr: %s", plan.channels, work / f"{name}.zarr")
             dest = output / f"{name}.zarr"
             if dest.exists():
                 shutil.rmtree(dest)
@@ -427,9 +474,73 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         log.path.unlink(missing_ok=True)
     if s.orthoplane and s.output_format == "zarr":
         shutil.rmtree(work / ".views", ignore_errors=True)
+    return outputs
+
+
+def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
+                   models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
+                   input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> dict:
+    """Predict a volume and write the outputs listed in the module docstring.
+
+    Plan (:func:`plan_prediction`), open the outputs (:func:`open_outputs`), run
+    (:func:`predict_volume`), then on rank 0 post-process (:func:`post_process`) and write
+    (:func:`write_outputs`) with ``predict.json`` last.
+
+    Parameters
+    ----------
+    input_path : str or Path
+        Anything :func:`cemkit.io.open_volume` opens (tif, png folder, zarr, h5, mrc, npy, ...).
+    output : str or Path
+        Output folder.
+    checkpoint : str or list, optional
+        Checkpoint spec(s) (see :func:`cemkit.predict.models.resolve_checkpoints`).
+    models : sequence of Segmenter, optional
+        Already-built models (instead of ``checkpoint``; used by tests and benchmarks).
+    settings : PredictSettings, optional
+        Default: :meth:`PredictSettings.defaults` (``conf/predict.yaml``).
+    input_key : str, optional
+        Dataset inside an HDF5/zarr container.
+    predictions : sequence of str or Path, optional
+        Saved probability maps (``cemkit predict`` output folders or probability volumes of the
+        input's shape) to combine with ``settings.ensemble`` instead of running models
+        (:mod:`cemkit.predict.saved`); tiling and TTA settings do not apply.
+
+    Returns
+    -------
+    dict
+        The ``predict.json`` record.
+    """
+    t_start = time.perf_counter()
+    plan = plan_prediction(input_path, output, checkpoint, models=models, settings=settings,
+                           input_key=input_key, predictions=predictions)
+    s, info, vol = plan.settings, plan.info, plan.volume
+    log, arrays, view_stores = open_outputs(plan)
+    t0 = time.perf_counter()
+    stats = predict_volume(plan, log, arrays, view_stores)
+    predict_s = time.perf_counter() - t0  # every slab of every rank is written (predict_volume's meetings)
+    devices.shutdown_distributed()
+
+    vs = vol.voxel_size
+    depth, height, width = vol.shape
+    record = {
+        "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
+                  "voxel_size": list(vs) if vs else None},
+        "models": plan.record_models, "predictions": plan.members, "settings": asdict(s), "device": str(plan.device),
+        "world": info.world, "channels": plan.channels, "resumed": log.resumed,
+        "timings": {"predict_s": round(predict_s, 3),
+                    "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
+                    if predict_s > 0 and not log.resumed else None,
+                    "passes": stats},
+    }
+    if not info.is_main:
+        return record
+
+    t1 = time.perf_counter()
+    n_objects, outputs = post_process(plan, arrays)
+    outputs.update(write_outputs(plan, arrays, log))
     record["timings"]["postprocess_s"] = round(time.perf_counter() - t1, 3)
     record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
     record["objects"] = n_objects
     record["outputs"] = outputs
-    atomic_write_json(output / "predict.json", record, indent=2, default=str)
+    atomic_write_json(plan.output / "predict.json", record, indent=2, default=str)
     return record

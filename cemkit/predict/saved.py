@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cemkit.errors import InputError
-from cemkit.evaluate.sources import as_probabilities, infer_kind, is_predict_output, open_prediction
+from cemkit.io.predictions import as_probabilities, infer_kind, is_predict_output, open_prediction
 from cemkit.predict.ensemble import RunningEnsemble
 
 

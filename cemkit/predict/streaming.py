@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cemkit.models.frames import frame_indices as training_frame_indices
+from cemkit.models.frames import min_slices
 from cemkit.predict.ensemble import RunningEnsemble
 from cemkit.predict.models import Segmenter
 from cemkit.predict.tiling import (
@@ -47,12 +49,9 @@ def frame_indices(z: int, depth: int, frames: int) -> np.ndarray:
     """The ``frames`` z indices a k-frame model reads for output plane ``z`` of a ``depth``-plane stack.
 
     Centred on ``z`` (``z - frames // 2 .. z + frames // 2``) and mirror-padded at the stack ends,
-    exactly as in training (:func:`cemkit.finetune.data.frame_indices`); stacks shorter than
+    exactly as in training (:func:`cemkit.models.frames.frame_indices`); stacks shorter than
     ``frames // 2 + 1`` planes (e.g. a single image for a 5fm model) are mirrored periodically.
     """
-    from cemkit.finetune.data import frame_indices as training_frame_indices
-    from cemkit.finetune.data import min_slices
-
     if frames < 1 or frames % 2 == 0:
         raise ValueError(f"frames must be odd and >= 1, got {frames}")
     if depth >= min_slices(frames):
@@ -70,15 +69,16 @@ def slab_ranges(depth: int, slab_size: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class TileSettings:
-    """How planes are tiled and each tile is predicted."""
+    """How planes are tiled and each tile is predicted (the keys of ``conf/predict.yaml`` of the same
+    names; :meth:`cemkit.predict.runner.PredictSettings.tile_settings` makes one)."""
 
-    tile_size: int = 512
-    overlap: float = 0.25
-    blending: str = "gaussian"
-    sigma_scale: float = 0.125
-    border: int = 0
-    batch_size: int = 4
-    tta: int = 0
+    tile_size: int
+    overlap: float
+    blending: str
+    sigma_scale: float
+    border: int
+    batch_size: int
+    tta: int
 
 
 def autocast_context(device: torch.device, amp: bool):
@@ -96,9 +96,8 @@ class SlabPredictor:
     weights. Models are combined with :class:`~cemkit.predict.ensemble.RunningEnsemble`.
     """
 
-    def __init__(self, models: Sequence[Segmenter], settings: TileSettings = TileSettings(),
-                 device: torch.device | str = "cpu", amp: bool = True, ensemble: str = "mean",
-                 weights: Sequence[float] | None = None, threshold: float = 0.5):
+    def __init__(self, models: Sequence[Segmenter], settings: TileSettings, device: torch.device | str = "cpu",
+                 *, amp: bool, ensemble: str, threshold: float, weights: Sequence[float] | None = None):
         if not models:
             raise ValueError("SlabPredictor needs at least one model")
         self.models = list(models)

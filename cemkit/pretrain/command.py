@@ -79,14 +79,13 @@ def read_init(spec: Any):
     state dicts) and ``zoo:NAME`` for an encoder of the model zoo.
     """
     from cemkit.models.encoders import read_encoder_weights
+    from cemkit.models.references import is_reference, resolve_reference
 
     text = "none" if spec is None else str(spec).strip()
     if text.lower() in ("", "none", "null", "random"):
         return None
-    if text.startswith("zoo:"):
-        from cemkit.zoo import resolve
-
-        path = Path(resolve(text))
+    if is_reference(text):
+        path = resolve_reference(text)
     else:
         path = Path(text).expanduser()
     if not path.is_file():

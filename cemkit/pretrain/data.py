@@ -83,7 +83,7 @@ class _ImageTiles:
 
 def open_corpus_source(path: str | Path) -> PatchSource:
     """A corpus written by ``cemkit curate`` (``metadata.json`` gives mean/std)."""
-    from cemkit.curate.corpus import open_corpus
+    from cemkit.io.corpus import open_corpus
 
     corpus = open_corpus(path)
     if len(corpus) == 0:

@@ -139,7 +139,7 @@ def predict_settings(study: DictConfig):
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigError(f"study.predict: unknown keys {unknown} (the keys of conf/predict.yaml)")
-    s = PredictSettings(**given)
+    s = PredictSettings.defaults(**given)
     s.check(1)
     return s
 

@@ -15,6 +15,14 @@ from cemkit.zoo.registry import (
     register,
     resolve,
 )
+from cemkit.models.references import register_resolver
+
+
+def _resolve_reference(spec: str):
+    return resolve(spec)  # looked up at call time, so a patched ``cemkit.zoo.resolve`` is used
+
+
+register_resolver(ZOO_PREFIX, _resolve_reference)  # the stages resolve ``zoo:NAME`` through this
 
 __all__ = [
     "ZOO_PREFIX",

@@ -206,7 +206,7 @@ def inspect_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
     errors = []
     if kind in (None, "segmentation"):
         try:
-            from cemkit.finetune.checkpoint import load_segmenter
+            from cemkit.models.checkpoint import load_segmenter
 
             _, meta = load_segmenter(path)
             info = {"kind": "segmentation", "key_layout": "cemkit_segmenter",
