@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from cemkit.predict.models import Segmenter
-from cemkit.predict.streaming import SlabPredictor, TileSettings
 from cemkit.predict.tiling import (
     blend_tiles,
     blending_weights,
@@ -13,18 +12,7 @@ from cemkit.predict.tiling import (
     reflect_pad,
     window_starts,
 )
-
-
-def _tiles(**kw):
-    """Tile settings of these tests: 16 px tiles, no border, no TTA unless given."""
-    base = {"tile_size": 16, "overlap": 0.25, "blending": "gaussian", "sigma_scale": 0.125, "border": 0,
-            "batch_size": 4, "tta": 0}
-    return TileSettings(**{**base, **kw})
-
-
-def _predictor(models, tiles, **kw):
-    """A predictor without AMP, mean ensemble, threshold 0.5 unless ``kw`` says otherwise."""
-    return SlabPredictor(models, tiles, **{"amp": False, "ensemble": "mean", "threshold": 0.5, **kw})
+from tiny_predictors import plain_predictor as _predictor, small_tiles as _tiles
 
 
 def test_window_starts_exact():

@@ -7,27 +7,11 @@ import torch.nn.functional as F
 
 from cemkit.predict.ensemble import RunningEnsemble, combine, model_votes, normalised_weights
 from cemkit.predict.models import Segmenter
-from cemkit.predict.streaming import (
-    SlabPredictor,
-    TileSettings,
-    frame_indices,
-    slab_ranges,
-)
+from cemkit.predict.streaming import frame_indices, slab_ranges
 from cemkit.predict.tta import select_variants, tta_apply, variant
+from tiny_predictors import plain_predictor as _predictor, small_tiles as _tiles
 
 # the in-plane transforms written independently with numpy, in CDeep3M order
-
-
-def _tiles(**kw):
-    """Tile settings of these tests: 16 px tiles, no border, no TTA unless given."""
-    base = {"tile_size": 16, "overlap": 0.25, "blending": "gaussian", "sigma_scale": 0.125, "border": 0,
-            "batch_size": 4, "tta": 0}
-    return TileSettings(**{**base, **kw})
-
-
-def _predictor(models, tiles, **kw):
-    """A predictor without AMP, mean ensemble, threshold 0.5 unless ``kw`` says otherwise."""
-    return SlabPredictor(models, tiles, **{"amp": False, "ensemble": "mean", "threshold": 0.5, **kw})
 
 
 NUMPY_D4 = [
