@@ -96,7 +96,7 @@ def test_few_steps_reduce_the_loss_on_synthetic_views(styled_images):
     views = torch.stack([TwoViewDataset(source.patches, TwoViewTransform(aug, 64, source.mean, source.std),
                                         seed=0)[i] for i in range(8)])
     model = MoCoV2(create_encoder("resnet10t", 1), dim=32, queue_size=64, mlp_hidden=64, bn_splits=2)
-    optimizer = torch.optim.SGD(model.query_parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD(model.query_parameters(), lr=0.02, momentum=0.9)
     queue, losses = model.queue.clone(), []
     for _ in range(4):
         logits, _, _ = model(views[:, 0], views[:, 1], update_queue=False)

@@ -44,6 +44,7 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
                 raise
 
     saved = sys.argv
+    handlers = set(logging.getLogger().handlers)
     sys.argv = [f"cemkit {name}", *_with_job_name(comma_lists_as_lists(argv, list_keys), name)]
     try:
         _app()
@@ -52,7 +53,20 @@ def run_hydra_command(name: str, func: Callable[[DictConfig], object], argv: lis
         return code
     finally:
         sys.argv = saved
+        _drop_run_log_files(handlers)
     return status["code"]
+
+
+def _drop_run_log_files(before: set[logging.Handler]) -> None:
+    """Detach the log-file handlers the run added to the root logger (``runs/<time>/<name>.log``).
+
+    Hydra leaves them attached; a caller that runs several commands in one process (the demo, tests)
+    would otherwise keep writing every later message into the first run's folder, or fail once it is gone.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in before and isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def comma_lists_as_lists(argv: list[str], keys: tuple[str, ...]) -> list[str]:
