@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from cemkit.cli.main import main as cli
-from cemkit.data.synthetic import make_volume
 from cemkit.errors import ConfigError
 from cemkit.finetune.budget import (
     PolyLambda,
@@ -21,7 +20,7 @@ from cemkit.finetune.budget import (
     retarget_schedule,
     validations_between,
 )
-from cemkit.io import write_tif_stack
+from tiny_data import labelled_tif_pair
 
 
 def test_durations_in_lightning_and_plain_forms():
@@ -94,10 +93,7 @@ def test_a_retargeted_poly_schedule_reaches_zero_at_the_new_length():
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    sv = make_volume(shape=(6, 96, 96), seed=3)
-    folder = tmp_path_factory.mktemp("budget")
-    return (write_tif_stack(folder / "images.tif", sv.image),
-            write_tif_stack(folder / "labels.tif", (sv.mito * 255).astype(np.uint8)))
+    return labelled_tif_pair(tmp_path_factory.mktemp("budget"), shape=(6, 96, 96), seed=3)
 
 
 def test_a_time_budget_ends_the_schedule_when_the_time_ends(pair, tmp_path):

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from cemkit.data.synthetic import make_volume
-from cemkit.io import write_tif_stack
+from tiny_data import labelled_tif_pair
 
 pytestmark = pytest.mark.ddp
 
@@ -56,10 +55,7 @@ def _join_as(rank: int, port: int, world: int = WORLD) -> None:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("ddp_pair")
-    sv = make_volume(shape=(6, 64, 64), seed=3, style=0)
-    return (write_tif_stack(folder / "images.tif", sv.image),
-            write_tif_stack(folder / "labels.tif", (sv.mito * 255).astype(np.uint8)))
+    return labelled_tif_pair(tmp_path_factory.mktemp("ddp_pair"), shape=(6, 64, 64), seed=3, style=0)
 
 
 STEPS, VAL_EVERY, GLOBAL_BATCH = 4, 2, 4
@@ -120,10 +116,9 @@ def _worker(rank, port, img, lab, val_img, val_lab, out):
 @pytest.fixture(scope="module")
 def val_pair(tmp_path_factory) -> tuple[str, str]:
     """64 x 80 slices: windows of 48 overlap in both directions."""
-    folder = tmp_path_factory.mktemp("ddp_val")
-    sv = make_volume(shape=(6, 64, 80), seed=4, style=0)
-    return (str(write_tif_stack(folder / "i.tif", sv.image)),
-            str(write_tif_stack(folder / "l.tif", (sv.mito * 255).astype(np.uint8))))
+    images, labels = labelled_tif_pair(tmp_path_factory.mktemp("ddp_val"), ("i.tif", "l.tif"),
+                                       shape=(6, 64, 80), seed=4, style=0)
+    return str(images), str(labels)
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 from cemkit.cli.main import main as cli
-from cemkit.data.synthetic import make_volume
 from cemkit.errors import ConfigError
-from cemkit.io import write_tif_stack
 from cemkit.models.arch_choice import arch_for_weights, encoder_named
 from cemkit.models.encoders import EncoderWeights, infer_arch, read_encoder_weights
+from tiny_data import labelled_tif_pair
 
 
 def _encoder_sd(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -75,10 +73,7 @@ def test_arch_for_weights_builds_the_checkpoints_arch_unless_another_is_named(ca
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pair")
-    sv = make_volume(shape=(4, 64, 64), seed=0)
-    return (write_tif_stack(folder / "images.tif", sv.image),
-            write_tif_stack(folder / "labels.tif", (sv.mito * 255).astype(np.uint8)))
+    return labelled_tif_pair(tmp_path_factory.mktemp("pair"), shape=(4, 64, 64), seed=0)
 
 
 def _finetune(pair, init, out, *extra):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_module
 
 from cemkit.data.synthetic import make_volume
 from cemkit.io import write_png_folder
@@ -21,6 +20,7 @@ from cemkit.pretrain.data import PretrainDataModule, TwoViewDataset, open_source
 from cemkit.pretrain.export import export_encoder
 from cemkit.pretrain.moco import MoCoV2, enqueue, infonce_loss
 from cemkit.pretrain.module import MoCoModule
+from tiny_pretrain_config import pretrain_cfg as _cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,13 +31,6 @@ def synthetic_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic") / "images"
     write_png_folder(folder, make_volume(shape=(4, 128, 128), seed=0, style=0).image)
     return folder
-
-
-def _cfg(output, images, *overrides):
-    with initialize_config_module(config_module="cemkit.conf", version_base=None):
-        return compose("pretrain", overrides=["+experiment=tiny_pretrain", "trainer=cpu", f"output={output}",
-                                              f"data.images={images}", "data.tile_size=64", "logger=none",
-                                              *overrides])
 
 
 class _Recorder(pl.Callback):

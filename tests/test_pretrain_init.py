@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import timm
 import torch
-from hydra import compose, initialize_config_module
 
 from cemkit.data.synthetic import make_volume
 from cemkit.errors import ConfigError, InputError
 from cemkit.io import write_png_folder, write_tif_stack
 from cemkit.pretrain.command import build_module, run
 from cemkit.pretrain.data import open_source
+from tiny_pretrain_config import pretrain_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,10 +27,7 @@ def images(tmp_path_factory):
 
 
 def _cfg(output, images, *overrides):
-    with initialize_config_module(config_module="cemkit.conf", version_base=None):
-        return compose("pretrain", overrides=["+experiment=tiny_pretrain", "trainer=cpu", f"output={output}",
-                                              f"data.images={images}", "data.tile_size=64", "logger=none",
-                                              "view_pairs=0", *overrides])
+    return pretrain_cfg(output, images, "view_pairs=0", *overrides)
 
 
 def _encoder_sd(arch: str, seed: int) -> dict[str, torch.Tensor]:

@@ -15,9 +15,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from cemkit.cli.main import main as cli
-from cemkit.data.synthetic import make_volume
 from cemkit.errors import ConfigError
-from cemkit.io import write_tif_stack
 from cemkit.study import pipeline
 from cemkit.study.data import StudyVolume
 from cemkit.study.report import curve_stats
@@ -31,6 +29,7 @@ from cemkit.study.slices import (
     seed_list,
     training_range,
 )
+from tiny_data import labelled_tif_pair
 
 
 # ------------------------------------------------------------------------------------ slices (pure)
@@ -87,10 +86,7 @@ def _compose(*overrides: str):
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("study_data")
-    sv = make_volume(shape=(10, 64, 64), seed=0, style=0)
-    return (write_tif_stack(folder / "images.tif", sv.image),
-            write_tif_stack(folder / "labels.tif", (sv.mito * 255).astype(np.uint8)))
+    return labelled_tif_pair(tmp_path_factory.mktemp("study_data"), shape=(10, 64, 64), seed=0, style=0)
 
 
 def test_every_run_is_planned_once_with_its_own_folder(tmp_path):
