@@ -43,7 +43,7 @@ def _device(cpu_tiny: bool) -> torch.device | None:
 
 def moco(cpu_tiny: bool, steps: int) -> int:
     """cemkit's single-device MoCo step (8 BN splits, shuffled keys) against a supervised step, same encoder."""
-    from bench_pretrain import CemkitStep, SupervisedStep, time_steps
+    from bench_pretrain import CemkitStep, SupervisedStep, time_steps, view_batches
 
     device = _device(cpu_tiny)
     if device is None:
@@ -51,11 +51,7 @@ def moco(cpu_tiny: bool, steps: int) -> int:
     arch, size, batch, queue = ("resnet10t", 64, 16, 64) if cpu_tiny else ("resnet50", 224, 128, 65536)
     steps, warmup = (1, 1) if cpu_tiny else (steps, 5)
     channels_last = not cpu_tiny
-    torch.manual_seed(0)
-    xq = torch.randn(batch, 1, size, size, device=device)
-    xk = torch.randn(batch, 1, size, size, device=device)
-    if channels_last:
-        xq, xk = xq.contiguous(memory_format=torch.channels_last), xk.contiguous(memory_format=torch.channels_last)
+    xq, xk = view_batches(batch, size, device, channels_last)
     runners = []
     for bn_splits, label in ((8, "cemkit MoCo (Shuffle-BN, 8 splits)"), (1, "cemkit MoCo (no Shuffle-BN)")):
         r = CemkitStep(arch, queue, device, bn_splits=bn_splits if batch % bn_splits == 0 else 1,

@@ -182,6 +182,16 @@ def bench_augment(sizes, count, repeats=3):
     return {key: statistics.median(v) for key, v in rates.items()}, ("real CEM500K patches" if files else "random images")
 
 
+def view_batches(batch: int, size: int, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two fixed random ``(batch, 1, size, size)`` view batches (seed 0), channels-last when asked."""
+    torch.manual_seed(0)
+    xq = torch.randn(batch, 1, size, size, device=device)
+    xk = torch.randn(batch, 1, size, size, device=device)
+    if channels_last:
+        xq, xk = xq.contiguous(memory_format=torch.channels_last), xk.contiguous(memory_format=torch.channels_last)
+    return xq, xk
+
+
 def bench_steps(args) -> dict:
     """Interleaved MoCo steps (cemkit with and without Shuffle-BN, lightly, a supervised step on a GPU)."""
     gpu = args.gpu
@@ -200,11 +210,7 @@ def bench_steps(args) -> dict:
     if gpu:
         torch.backends.cudnn.benchmark = True
 
-    torch.manual_seed(0)
-    xq = torch.randn(batch, 1, size, size, device=device)
-    xk = torch.randn(batch, 1, size, size, device=device)
-    if channels_last:
-        xq, xk = xq.contiguous(memory_format=torch.channels_last), xk.contiguous(memory_format=torch.channels_last)
+    xq, xk = view_batches(batch, size, device, channels_last)
 
     runners = []
     r = CemkitStep(arch, queue, device, bn_splits=8, shuffle_bn=True, channels_last=channels_last)
