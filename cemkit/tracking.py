@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from cemkit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +57,30 @@ def build_trainer(trainer_cfg: DictConfig | dict, *, logger=None, callbacks: Seq
 
         prepare_ddp_relaunch()  # DDP over processes: the other ranks re-run the same `cemkit` command
     return trainer
+
+
+def refuse_stage_trainer_options(trainer_cfg: DictConfig | dict, fixed: dict[str, Any], stage: str, why: str) -> None:
+    """Refuse ``trainer.*`` values that a stage sets itself instead of overriding them in silence.
+
+    Parameters
+    ----------
+    trainer_cfg
+        The composed ``trainer`` node.
+    fixed
+        ``{option: the value the stage needs}``; an option missing from ``trainer_cfg`` counts as that value.
+    stage, why
+        Named in the error: the stage and the reason it controls these options.
+
+    Raises
+    ------
+    ConfigError
+        Naming every option with another value and the value the stage needs.
+    """
+    wrong = [f"trainer.{key}={trainer_cfg[key]!r} ({stage} needs {value!r})"
+             for key, value in fixed.items() if key in trainer_cfg and trainer_cfg[key] != value]
+    if wrong:
+        raise ConfigError(f"{stage} sets these trainer options itself, since {why}: " + "; ".join(wrong)
+                          + ". Remove the override.")
 
 
 def is_wandb(logger) -> bool:

@@ -5,7 +5,6 @@ The composed config is a real ``DictConfig`` whose reads are recorded (attribute
 access, and ``OmegaConf.to_container`` of a config node, which hands the whole node on); the stage's
 own ``run`` goes through its config-reading code with the expensive work stubbed out. A run that
 converts the *whole* config to a container (to store it with the results) does not count as a read.
-``pretrain`` is checked elsewhere (its config reading is being reworked on another branch).
 """
 
 from __future__ import annotations
@@ -204,6 +203,23 @@ def test_finetune_reads_every_key(tmp_path, monkeypatch):
                               f"output={tmp_path / 'out'}", "model/encoder=resnet10t"]], run_stage, monkeypatch)
 
 
+def test_pretrain_reads_every_key(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    from cemkit.io import write_png_folder
+    from cemkit.pretrain import command
+
+    write_png_folder(tmp_path / "imgs", np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8))
+
+    def run_stage(cfg):
+        monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, **k: None)  # everything up to training
+        command.run(cfg)
+
+    given = [f"data.images={tmp_path / 'imgs'}", f"output={tmp_path / 'out'}", "model/encoder=resnet10t",
+             "trainer=cpu", "data.batch_size=2", "data.num_workers=0", "moco.queue_size=4", "moco.bn_splits=2"]
+    check_stage("pretrain", [given, [*given, "epochs=2"]], run_stage, monkeypatch)
+
+
 def test_demo_reads_every_key(tmp_path, monkeypatch):
     import cemkit.data.synthetic as synthetic
     import cemkit.io as cio
@@ -225,6 +241,19 @@ def test_demo_reads_every_key(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ trainer options
+@pytest.mark.parametrize("override", ["trainer.max_epochs=5", "trainer.max_time=00:00:10:00",
+                                      "+trainer.sync_batchnorm=true"])
+def test_pretrain_refuses_trainer_options_it_controls(tmp_path, override):
+    from cemkit.pretrain.command import run
+
+    cfg = _compose("pretrain", ["data.images=i", f"output={tmp_path / 'out'}", override])
+    key = override.split("=")[0].lstrip("+")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(cfg)
+    assert not (tmp_path / "out").exists()  # refused before anything was read or written
+
+
+
 @pytest.mark.parametrize("override", ["trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2",
                                       "trainer.val_check_interval=0.5", "trainer.num_sanity_val_steps=2"])
 def test_finetune_refuses_trainer_options_it_controls(tmp_path, override):

@@ -14,7 +14,7 @@ from cemkit.errors import ConfigError, InputError
 from cemkit.io import write_png_folder, write_tif_stack
 from cemkit.pretrain.command import build_module, run
 from cemkit.pretrain.data import open_source
-from tiny_pretrain_config import pretrain_cfg
+from tiny_pretrain_config import data_settings, pretrain_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,16 +135,16 @@ def test_images_accept_a_list_of_folders_files_and_volumes(tmp_path, images):
     stack = write_tif_stack(tmp_path / "volume.tif", make_volume(shape=(3, 128, 96), seed=1).image)
     zarr = tmp_path / "more.zarr"
     write_zarr(zarr, make_volume(shape=(2, 64, 64), seed=2).image)
-    source = open_source({"images": [str(images), str(stack), str(zarr)], "tile_size": 64})
+    source = open_source(data_settings(images=[str(images), str(stack), str(zarr)], tile_size=64))
     # 2 png slices of 128 px -> 4 tiles each; 3 slices of 128 x 96 -> 2 x 1 tiles each; 2 whole 64 px slices
     assert len(source) == 2 * 4 + 3 * 2 + 2
     assert "4 files, 7 images, 16 patches" in source.description
     assert source.patches[8].shape == (64, 64) and source.patches[8].dtype == np.uint8
     np.testing.assert_array_equal(source.patches[8], make_volume(shape=(3, 128, 96), seed=1).image[0, :64, :64])
-    one = open_source({"images": str(images), "tile_size": 64})
+    one = open_source(data_settings(images=str(images), tile_size=64))
     assert len(one) == 8 and one.source_id != source.source_id
     with pytest.raises(InputError, match="missing.tif: image folder, file or volume not found"):
-        open_source({"images": [str(images), str(tmp_path / "missing.tif")], "tile_size": 64})
+        open_source(data_settings(images=[str(images), str(tmp_path / "missing.tif")], tile_size=64))
 
 
 def test_pretrain_from_a_raw_folder_and_a_tif_stack(tmp_path, images):

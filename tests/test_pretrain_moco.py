@@ -25,6 +25,7 @@ from cemkit.pretrain.moco import (
     momentum_update,
 )
 from cemkit.pretrain.module import LRSchedule, scaled_lr
+from tiny_pretrain_config import data_settings
 
 AUG = {
     "rotate": {"limit": 180, "p": 0.5, "border_mode": "constant"},
@@ -35,7 +36,7 @@ AUG = {
     "noise": {"std": [0.00316, 0.01], "p": 0.5},
 }
 NO_AUG = {
-    "rotate": {"limit": 180, "p": 0.0},
+    "rotate": {"limit": 180, "p": 0.0, "border_mode": "constant"},
     "crop": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]},
     "jitter": {"brightness": 0.4, "contrast": 0.4, "p": 0.0},
     "blur": {"sigma": [0.1, 2.0], "p": 0.0},
@@ -290,26 +291,37 @@ def test_sources_corpus_and_images(tmp_path):
 
     patches = np.stack([np.full((32, 32), 10 * i, np.uint8) for i in range(5)])
     _write_corpus(tmp_path / "corpus", patches)
-    src = open_source({"corpus": str(tmp_path / "corpus"), "images": None})
+    src = open_source(data_settings(corpus=str(tmp_path / "corpus"), images=None))
     assert len(src) == 5 and (src.mean, src.std) == (0.4, 0.2)
     assert np.array_equal(src.patches[3], patches[3]) and src.source_id.startswith("corpus-")
-    assert open_source({"corpus": str(tmp_path / "corpus"), "mean": 0.5}).mean == 0.5
+    assert open_source(data_settings(corpus=str(tmp_path / "corpus"), mean=0.5)).mean == 0.5
 
     img = np.zeros((2, 100, 130), np.uint8)
     img[0, :, :65], img[1] = 200, 100
     write_png_folder(tmp_path / "imgs", img)
-    src = open_source({"images": str(tmp_path / "imgs"), "tile_size": 50})
+    src = open_source(data_settings(images=str(tmp_path / "imgs"), tile_size=50))
     assert len(src) == 2 * 2 * 2  # two 100 x 130 images -> 2 x 2 tiles of 50 px each
     assert src.mean == pytest.approx((0.5 * 200 + 100) / 2 / 255)
     assert src.patches[0].shape == (50, 50)
-    whole = open_source({"images": str(tmp_path / "imgs"), "tile_size": None})
+    whole = open_source(data_settings(images=str(tmp_path / "imgs"), tile_size=None))
     assert len(whole) == 2 and whole.patches[1].shape == (100, 130)
     with pytest.raises(ConfigError, match="exactly one"):
-        open_source({"corpus": None, "images": None})
+        open_source(data_settings(corpus=None, images=None))
     from cemkit.errors import InputError
 
     with pytest.raises(InputError, match="not a cemkit corpus"):
-        open_source({"corpus": str(tmp_path / "imgs")})
+        open_source(data_settings(corpus=str(tmp_path / "imgs")))
+
+
+def test_a_queue_longer_than_one_pass_over_the_data_is_named():
+    from cemkit.pretrain.command import queue_overlap_warning
+
+    # 410 patches, batch 64: at most 346 keys fit without keys of the queries' own patches
+    assert queue_overlap_warning(256, 410, 64) is None
+    assert queue_overlap_warning(346, 410, 64) is None
+    message = queue_overlap_warning(347, 410, 64)
+    assert "moco.queue_size=347" in message and "410 patches" in message and "<= 346" in message
+    assert "<= 0" in queue_overlap_warning(2048, 32, 64)
 
 
 def test_ckpt_path_and_run_length(tmp_path):

@@ -1,4 +1,4 @@
-"""The composed tiny pretrain config shared by the pretrain tests."""
+"""The composed tiny pretrain config, and a complete ``data`` node, shared by the pretrain tests."""
 from hydra import compose, initialize_config_module
 
 
@@ -8,3 +8,8 @@ def pretrain_cfg(output, images, *overrides):
         return compose("pretrain", overrides=["+experiment=tiny_pretrain", "trainer=cpu", f"output={output}",
                                               f"data.images={images}", "data.tile_size=64", "logger=none",
                                               *overrides])
+
+
+def data_settings(**given):
+    """A ``data`` node with every key ``open_source`` reads (conf/pretrain/data/default.yaml's values)."""
+    return {"corpus": None, "images": None, "tile_size": 224, "mean": None, "std": None, **given}

@@ -455,12 +455,11 @@ STAGE_TRAINER_OPTIONS = {"max_epochs": -1, "check_val_every_n_epoch": 1, "val_ch
 
 def check_trainer_options(trainer_cfg: DictConfig) -> None:
     """Refuse a ``trainer.*`` value that finetune must control (see :data:`STAGE_TRAINER_OPTIONS`)."""
-    wrong = [f"trainer.{key}={trainer_cfg[key]!r} (finetune needs {value!r})"
-             for key, value in STAGE_TRAINER_OPTIONS.items() if trainer_cfg[key] != value]
-    if wrong:
-        raise ConfigError("finetune sets these trainer options itself, since a run is counted in optimizer steps "
-                          "(trainer.max_steps or trainer.max_time) and validated every val.every steps: "
-                          + "; ".join(wrong) + ". Remove the override.")
+    from cemkit.tracking import refuse_stage_trainer_options
+
+    refuse_stage_trainer_options(trainer_cfg, STAGE_TRAINER_OPTIONS, "finetune",
+                                 "a run is counted in optimizer steps (trainer.max_steps or trainer.max_time) and "
+                                 "validated every val.every steps")
 
 
 def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:

@@ -138,7 +138,7 @@ class ViewAugment:
             raise ConfigError(f"normalisation std must be > 0, got {std}")
         rot, crop, jit = cfg["rotate"], cfg["crop"], cfg["jitter"]
         blur, flip, noise = cfg["blur"], cfg["flip"], cfg["noise"]
-        border = str(rot.get("border_mode", "constant"))
+        border = str(rot["border_mode"])
         if border not in _BORDER:
             raise ConfigError(f"augment.rotate.border_mode must be one of {sorted(_BORDER)}, got {border!r}")
         self.size = int(image_size)

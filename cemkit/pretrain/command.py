@@ -36,16 +36,53 @@ def resolve_ckpt_path(value: str | None, output: Path) -> str | None:
 
 
 def total_steps(cfg: DictConfig, num_patches: int) -> int:
-    """Run length in optimiser steps: ``epochs * (patches // batch)`` when ``epochs`` is set, else ``trainer.max_steps``."""
-    if cfg.get("epochs"):
+    """Run length in optimiser steps: ``epochs * (patches // batch)`` when ``epochs`` is set (and then
+    ``trainer.max_steps`` is not used, which is logged), else ``trainer.max_steps``."""
+    epochs, max_steps = cfg.epochs, cfg.trainer.max_steps
+    if epochs:
         per_epoch = num_patches // int(cfg.data.batch_size)
         if per_epoch < 1:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the data ({num_patches} patches)")
-        return int(cfg.epochs) * per_epoch
-    steps = int(cfg.trainer.get("max_steps") or -1)
+        steps = int(epochs) * per_epoch
+        log.info("epochs=%d sets the run length: %d steps of %d patches (trainer.max_steps=%s is not used)",
+                 int(epochs), steps, int(cfg.data.batch_size), max_steps)
+        return steps
+    steps = int(max_steps or -1)
     if steps <= 0:
         raise ConfigError("set trainer.max_steps (> 0) or epochs: pretraining length is counted in optimiser steps")
     return steps
+
+
+def queue_overlap_warning(queue_size: int, num_patches: int, batch_size: int) -> str | None:
+    """Why a queue of ``queue_size`` keys is too long for ``num_patches`` patches, or ``None``.
+
+    The queue holds the keys of the last ``queue_size / batch_size`` steps. Once it spans more than one
+    pass over the data (``queue_size > num_patches - batch_size``), it holds keys of the very patches
+    being queried: a positive's own patch is then also among the negatives, which the InfoNCE loss can
+    only answer by pulling all embeddings together (on the CDeep3M sample, 410 patches with K = 2048
+    collapsed; K = 256 learned: docs/results.md).
+    """
+    room = int(num_patches) - int(batch_size)
+    if int(queue_size) <= room:
+        return None
+    return (f"moco.queue_size={queue_size} keys span more than one pass over the {num_patches} patches: the queue "
+            f"holds keys of the queries' own patches as negatives, and MoCo tends to collapse. Use "
+            f"moco.queue_size <= {max(room, 0)} (patches - batch), or more data (smaller data.tile_size, more images)")
+
+
+# Trainer options pretrain sets itself: the run is counted in optimiser steps (trainer.max_steps or epochs)
+# and the learning-rate schedule ends with it; Shuffle-BN needs per-process BatchNorm. Another value is refused.
+STAGE_TRAINER_OPTIONS = {"max_epochs": -1, "max_time": None, "sync_batchnorm": False}
+
+
+def check_trainer_options(trainer_cfg: DictConfig) -> None:
+    """Refuse a ``trainer.*`` value that pretrain must control (see :data:`STAGE_TRAINER_OPTIONS`)."""
+    from cemkit.tracking import refuse_stage_trainer_options
+
+    refuse_stage_trainer_options(trainer_cfg, STAGE_TRAINER_OPTIONS, "pretrain",
+                                 "a run is counted in optimiser steps (trainer.max_steps or epochs) and the learning-"
+                                 "rate schedule ends with it (trainer.max_time would stop it mid-schedule), and "
+                                 "Shuffle-BN needs per-process BatchNorm")
 
 
 def _ddp_buffer_kwargs() -> dict:
@@ -62,7 +99,7 @@ def _ddp_buffer_kwargs() -> dict:
 def _strategy(trainer_cfg: DictConfig):
     """``ddp`` without per-step buffer broadcast: the queue is kept identical by the key all-gather,
     and BN statistics stay per process (as in the official MoCo); no unused-parameter search."""
-    strategy = trainer_cfg.get("strategy", "auto")
+    strategy = trainer_cfg.strategy
     if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         from pytorch_lightning.strategies import DDPStrategy
 
@@ -106,7 +143,7 @@ def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True,
     from cemkit.models.arch_choice import encoder_named as names_encoder
     from cemkit.pretrain.module import MoCoModule
 
-    init_spec = cfg.model.get("init")
+    init_spec = cfg.model.init
     weights = read_init(init_spec)
     if encoder_named is None:
         encoder_named = names_encoder(command_line_overrides())
@@ -114,7 +151,7 @@ def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True,
     opt, moco = cfg.optimizer, cfg.moco
     module = MoCoModule(
         arch=arch, in_chans=int(cfg.model.in_chans),
-        timm_pretrained=bool(cfg.model.encoder.get("timm_pretrained", False)) and weights is None,
+        timm_pretrained=bool(cfg.model.encoder.timm_pretrained) and weights is None,
         dim=int(moco.dim), queue_size=int(moco.queue_size), momentum=float(moco.momentum),
         temperature=float(moco.temperature), mlp_hidden=moco.mlp_hidden, bn_splits=int(moco.bn_splits),
         shuffle_bn=bool(moco.shuffle_bn), batch_size=int(cfg.data.batch_size), lr=opt.lr, base_lr=float(opt.base_lr),
@@ -125,7 +162,7 @@ def build_module(cfg: DictConfig, source, steps: int, *, load_init: bool = True,
         collapse_ratio=float(moco.collapse_ratio), init=None if weights is None else str(init_spec))
     if weights is not None and load_init:
         report = module.load_encoder(weights)
-        queue = ("is filled with this encoder's keys before the first step" if moco.get("init_queue", True)
+        queue = ("is filled with this encoder's keys before the first step" if moco.init_queue
                  else f"fills with this encoder's keys over the first "
                       f"{-(-int(moco.queue_size) // int(cfg.data.batch_size))} steps")
         log.info("model.init %s (layout %s, %s): %d tensors loaded into the query and key encoders, %d missing, "
@@ -154,23 +191,29 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
     from cemkit.tracking import build_logger, build_trainer
 
+    check_trainer_options(cfg.trainer)
     output = Path(cfg.output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output)
+    export = bool(cfg.export_encoder)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     source = open_source(cfg.data)
     steps = total_steps(cfg, len(source))
+    overlap = queue_overlap_warning(int(cfg.moco.queue_size), len(source), int(cfg.data.batch_size))
+    if overlap:
+        log.warning(overlap)
     log.info("pretraining %s on %s; mean %.4f std %.4f; %d steps of %d images", cfg.model.encoder.arch,
              source.description, source.mean, source.std, steps, cfg.data.batch_size)
     module = build_module(cfg, source, steps, load_init=ckpt_path is None)
+    fill_queue = bool(cfg.moco.init_queue)
     datamodule = PretrainDataModule(source, cfg.augment, int(cfg.data.image_size), int(cfg.data.batch_size),
                                     int(cfg.data.num_workers), steps, seed=int(cfg.seed))
-    if module.hparams.init and ckpt_path is None and cfg.moco.get("init_queue", True):
+    if module.hparams.init and ckpt_path is None and fill_queue:
         # built when training starts (the data module knows its rank then)
         module.queue_fill = functools.partial(datamodule.queue_fill_dataloader, int(cfg.moco.queue_size))
 
-    logger = build_logger(cfg.get("logger"))
+    logger = build_logger(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if logger is not None:
         logger.log_hyperparams(resolved)
@@ -179,10 +222,8 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
                                 every_n_train_steps=int(cfg.checkpoint_every_n_steps), auto_insert_metric_name=False)
     callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck(), *extra_callbacks]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.update(max_steps=steps, max_epochs=-1)
+    trainer_cfg.update(max_steps=steps)  # = trainer.max_steps, or the steps of `epochs` (logged by total_steps)
     trainer_cfg["strategy"] = _strategy(cfg.trainer)
-    if trainer_cfg.get("sync_batchnorm"):
-        raise ConfigError("trainer.sync_batchnorm must be false for MoCo: Shuffle-BN needs per-process BatchNorm")
     trainer = build_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(output),
                             use_distributed_sampler=False)
     if trainer.is_global_zero:
@@ -194,7 +235,7 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     last = ckpt_dir / LAST
     if trainer.is_global_zero and last.is_file():
         msg = f"pretraining done: {trainer.global_step} steps; checkpoint {last}"
-        if cfg.get("export_encoder", True):
+        if export:
             enc = export_encoder(last, output / "encoder.pth")
             msg += f"; encoder {enc}"
         log.info(msg)

@@ -171,7 +171,7 @@ def _size(path: Path) -> int:
 
 def open_source(data_cfg: Mapping[str, Any]) -> PatchSource:
     """Open ``data.corpus`` or ``data.images`` (exactly one must be set); ``data.mean/std`` override norms."""
-    corpus, images = data_cfg.get("corpus"), data_cfg.get("images")
+    corpus, images = data_cfg["corpus"], data_cfg["images"]
     if bool(corpus) == bool(images):
         raise ConfigError("set exactly one of data.corpus=CORPUS_DIR (from `cemkit curate`) or data.images=PATH "
                           "(a folder, file or volume, or a list [A,B])")
@@ -180,11 +180,12 @@ def open_source(data_cfg: Mapping[str, Any]) -> PatchSource:
     else:
         if not isinstance(images, (str, Path)):
             images = list(images)  # a ListConfig
-        source = open_image_source(images, tile=data_cfg.get("tile_size"))
-    if data_cfg.get("mean") is not None:
-        source.mean = float(data_cfg["mean"])
-    if data_cfg.get("std") is not None:
-        source.std = float(data_cfg["std"])
+        source = open_image_source(images, tile=data_cfg["tile_size"])
+    mean, std = data_cfg["mean"], data_cfg["std"]
+    if mean is not None:
+        source.mean = float(mean)
+    if std is not None:
+        source.std = float(std)
     return source
 
 
