@@ -257,7 +257,7 @@ def test_pretrain_refuses_trainer_options_it_controls(tmp_path, override):
 @pytest.mark.parametrize("override", ["trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2",
                                       "trainer.val_check_interval=0.5", "trainer.num_sanity_val_steps=2"])
 def test_finetune_refuses_trainer_options_it_controls(tmp_path, override):
-    from cemkit.finetune.training import run_finetune
+    from cemkit.finetune.orchestrate import run_finetune
 
     cfg = _compose("finetune", ["data.images=i", "data.labels=l", f"output={tmp_path}", override])
     key = override.split("=")[0]

@@ -149,7 +149,7 @@ def test_separate_validation_data_and_train_fraction(tmp_path):
     from omegaconf import OmegaConf
 
     from cemkit.errors import ConfigError
-    from cemkit.finetune.training import load_data
+    from cemkit.finetune.inputs import load_data
 
     img, lab = _write_pair(tmp_path / "a", shape=(10, 64, 64))
     vimg, vlab = _write_pair(tmp_path / "b", shape=(3, 64, 64), seed=1)
@@ -313,7 +313,7 @@ def test_trunk_members_start_from_the_shared_1fm_with_own_seed_and_scaled_lr(syn
 
 def test_frame_steps_parses_per_model_budgets():
     from cemkit.errors import ConfigError
-    from cemkit.finetune.training import frame_steps
+    from cemkit.finetune.orchestrate import frame_steps
 
     assert frame_steps(None) == {}
     assert frame_steps({"1fm": 40, "3FM": 60, 5: 80}) == {1: 40, 3: 60, 5: 80}
@@ -342,7 +342,7 @@ def test_a_model_cannot_start_from_one_with_more_frames(trained_all):
 
     from cemkit.errors import ConfigError
     from cemkit.finetune.initialization import resolve_init
-    from cemkit.finetune.training import build_model
+    from cemkit.finetune.build import build_model
 
     cfg = OmegaConf.create({"data": {"num_classes": 2}})
     init = resolve_init(str(trained_all / "5fm" / "best.ckpt"), 3)

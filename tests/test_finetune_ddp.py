@@ -71,12 +71,12 @@ def _finetune_args(img, lab, out, ddp: bool) -> list[str]:
 def _recording(patch=setattr) -> dict:
     """Record the patch indices drawn, the validations run and the result files written in this process
     (``patch``: ``setattr``, or pytest's ``monkeypatch.setattr`` to undo it after the test)."""
-    from cemkit.finetune import training
+    from cemkit.finetune import fit
     from cemkit.finetune.data import PatchDataset
     from cemkit.finetune.module import SegmentationModule
 
     rec: dict = {"patches": [], "validations": 0, "writes": []}
-    get, end, write = PatchDataset.__getitem__, SegmentationModule.on_validation_epoch_end, training._write_json
+    get, end, write = PatchDataset.__getitem__, SegmentationModule.on_validation_epoch_end, fit._write_json
 
     def getitem(self, index):
         rec["patches"].append(int(index))
@@ -92,7 +92,7 @@ def _recording(patch=setattr) -> dict:
 
     patch(PatchDataset, "__getitem__", getitem)
     patch(SegmentationModule, "on_validation_epoch_end", validation_end)
-    patch(training, "_write_json", write_json)
+    patch(fit, "_write_json", write_json)
     return rec
 
 

@@ -40,13 +40,13 @@ def test_every_preset_key_exists_in_the_finetune_config(preset):
 def test_the_cpu_preset_on_one_core_without_bf16_units_warns_about_time_and_precision(monkeypatch, caplog):
     import logging
 
-    import cemkit.finetune.training as training
+    import cemkit.finetune.fit as fit
 
     cfg = _finetune("+experiment=cpu_15min")
-    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="cemkit.finetune.training"):
-        training._warn_about_the_cpu(cfg, parse_duration(cfg.trainer.max_time))
+    monkeypatch.setattr(fit.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(fit, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="cemkit.finetune.fit"):
+        fit.warn_about_the_cpu(cfg, parse_duration(cfg.trainer.max_time))
     text = caplog.text
     assert "1 CPU core: the presets are tuned for 2" in text and "840 s" in text
     assert "without AVX512-BF16/AMX" in text and "trainer.precision=32-true" in text

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cemkit.demo.pipeline import INITS, MODELS, DemoResult
-from cemkit.finetune.training import TRUNK_FOLDER, read_result
+from cemkit.finetune.fit import read_result
+from cemkit.finetune.orchestrate import TRUNK_FOLDER
 from cemkit.io.atomic import atomic_write_text
 
 TABLE_METRICS = ("iou", "dice", "precision", "recall", "v_rand", "v_info", "object_f1")

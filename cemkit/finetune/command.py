@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from cemkit.finetune.training import run_finetune, summary_lines
+from cemkit.finetune.orchestrate import run_finetune, summary_lines
 
 
 def run(cfg: DictConfig) -> dict:

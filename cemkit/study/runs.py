@@ -6,7 +6,7 @@ A run lives in its own folder::
     RUN/predict/        the prediction of the test slices (mask.zarr, predict.json)
     RUN/row.json        the result row, written last and atomically: its presence marks the run as done
 
-The stages are called through their public entry points (:func:`cemkit.finetune.training.run_finetune`,
+The stages are called through their public entry points (:func:`cemkit.finetune.orchestrate.run_finetune`,
 :func:`cemkit.predict.run_prediction`); scoring is :func:`cemkit.metrics.binary_metrics` (pixels
 pooled over all test slices).
 """
@@ -151,7 +151,7 @@ def execute(base: DictConfig, spec: RunSpec, settings, keep: str = "best") -> di
     """
     import numpy as np
 
-    from cemkit.finetune.training import run_finetune
+    from cemkit.finetune.orchestrate import run_finetune
     from cemkit.io import open_volume
     from cemkit.metrics import binary_metrics
     from cemkit.predict import run_prediction
