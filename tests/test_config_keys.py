@@ -240,6 +240,32 @@ def test_demo_reads_every_key(tmp_path, monkeypatch):
     check_stage("demo", [[f"output={tmp_path / 'demo'}"]], run_stage, monkeypatch)
 
 
+def test_study_reads_every_key(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    import cemkit.predict as predict
+    from cemkit.io import write_tif_stack
+    from cemkit.study import pipeline
+
+    rng = np.random.default_rng(0)
+    write_tif_stack(tmp_path / "img.tif", rng.integers(0, 255, (6, 64, 64), dtype=np.uint8))
+    write_tif_stack(tmp_path / "lab.tif", (rng.random((6, 64, 64)) > 0.8).astype(np.uint8))
+
+    def no_prediction(*args, **kwargs):
+        raise RuntimeError("not predicted in this test")
+
+    def run_stage(cfg):
+        monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, **k: None)  # every key up to training is read
+        monkeypatch.setattr(predict, "run_prediction", no_prediction)  # the run fails: its row says so
+        result = pipeline.run_study(cfg)
+        assert [row["status"] for row in result["rows"]] == ["failed"]
+
+    given = [f"data.images={tmp_path / 'img.tif'}", f"data.labels={tmp_path / 'lab.tif'}", "model/encoder=resnet10t",
+             f"output={tmp_path / 'study'}", "study.test_slices=4-5", "study.gap=1", "study.labelled=[1]",
+             "study.seeds=1"]
+    check_stage("study", [given], run_stage, monkeypatch)
+
+
 # ------------------------------------------------------------------------------------ trainer options
 @pytest.mark.parametrize("override", ["trainer.max_epochs=5", "trainer.max_time=00:00:10:00",
                                       "+trainer.sync_batchnorm=true"])

@@ -79,7 +79,7 @@ def plan_study(cfg: DictConfig, vol: StudyVolume) -> StudyPlan:
     folds = sl.fold_splits(train, k, gap) if k else []
     seeds = sl.seed_list(st.seeds, int(cfg.seed))
     inits = init_list(st.inits)
-    keep = str(st.get("keep", "best"))
+    keep = str(st.keep)
     if keep not in KEEP:
         raise ConfigError(f"study.keep must be one of {KEEP}, got {keep!r}")
     return StudyPlan(inits, seeds, test, train, labelled, folds, gap)
@@ -110,13 +110,13 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     st = cfg.study
     # every check before any training: the finetune settings of a run, the predict settings, the split
     settings = predict_settings(st)
-    vol = read_study_volume(cfg.data.images, cfg.data.labels, cfg.data.get("image_key"), cfg.data.get("label_key"))
+    vol = read_study_volume(cfg.data.images, cfg.data.labels, cfg.data.image_key, cfg.data.label_key)
     plan = plan_study(cfg, vol)
     out.mkdir(parents=True, exist_ok=True)
     add_runs(plan, vol, out)
     for spec in plan.runs[:1] + plan.fold_runs[:1]:
         check_finetune_config(finetune_config(cfg, spec))
-    keep = str(st.get("keep", "best"))
+    keep = str(st.keep)
     log.info("study: test slices %s (gap %d), training range %s; %d inits x %d counts %s x %d seeds = %d runs%s",
              sl.format_slices(plan.test), plan.gap, sl.format_slices(plan.train), len(plan.inits),
              len(plan.labelled), list(plan.labelled), len(plan.seeds), len(plan.runs),
@@ -185,6 +185,6 @@ def plan_summary(plan: StudyPlan, cfg: DictConfig, vol: StudyVolume) -> dict[str
             "test_slices": sl.format_slices(plan.test), "gap": plan.gap,
             "train_slices": sl.format_slices(plan.train),
             "labelled": {n: sl.format_slices(z) for n, z in plan.labelled.items()},
-            "seeds": plan.seeds, "inits": plan.inits, "encoder": str(cfg.model.encoder.get("arch")),
-            "budget": f"max_steps={t.get('max_steps')}, max_time={t.get('max_time')}",
-            "crop": cfg.data.get("crop"), "batch_size": cfg.data.get("batch_size"), "folds": len(plan.folds)}
+            "seeds": plan.seeds, "inits": plan.inits, "encoder": str(cfg.model.encoder.arch),
+            "budget": f"max_steps={t.max_steps}, max_time={t.max_time}",
+            "crop": cfg.data.crop, "batch_size": cfg.data.batch_size, "folds": len(plan.folds)}

@@ -96,7 +96,7 @@ def finetune_config(base: DictConfig, spec: RunSpec) -> DictConfig:
     cfg = copy.deepcopy(base)
     OmegaConf.set_struct(cfg, False)
     study = cfg.pop("study")
-    for key, value in plain_dict(study.get("finetune"), "study.finetune").items():
+    for key, value in plain_dict(study.finetune, "study.finetune").items():
         OmegaConf.update(cfg, str(key), value, merge=True, force_add=True)
     cfg.data.images, cfg.data.labels = str(spec.train_data[0]), str(spec.train_data[1])
     cfg.data.val_images = cfg.data.val_labels = None
@@ -134,7 +134,7 @@ def predict_settings(study: DictConfig):
 
     from cemkit.predict import PredictSettings
 
-    given = plain_dict(study.get("predict"), "study.predict")
+    given = plain_dict(study.predict, "study.predict")
     known = {f.name for f in dc_fields(PredictSettings)}
     unknown = sorted(set(given) - known)
     if unknown:
