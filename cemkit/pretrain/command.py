@@ -59,8 +59,9 @@ def queue_overlap_warning(queue_size: int, num_patches: int, batch_size: int) ->
     The queue holds the keys of the last ``queue_size / batch_size`` steps. Once it spans more than one
     pass over the data (``queue_size > num_patches - batch_size``), it holds keys of the very patches
     being queried: a positive's own patch is then also among the negatives, which the InfoNCE loss can
-    only answer by pulling all embeddings together (on the CDeep3M sample, 410 patches with K = 2048
-    collapsed; K = 256 learned: docs/results.md).
+    only answer by pulling all embeddings together (on the CDeep3M sample's 410 patches, K = 2048 collapsed
+    to an embedding spread below 0.07 and a loss at chance; K = 256 kept the spread at 0.18-0.31 and the loss
+    below chance: docs/results.md).
     """
     room = int(num_patches) - int(batch_size)
     if int(queue_size) <= room:
