@@ -127,17 +127,60 @@ def _classifier_probabilities(tables: list[SourceTable], ids: list[np.ndarray], 
 def assemble(sources: list[Source], results: list[SourceResult], work_root: Path, out: Path,
              settings: FilterSettings, params: CurateParams, shard_size: int = 4096,
              export: str | None = None, report: bool = True, config: dict | None = None) -> dict:
-    """Filter, write shards, manifest, metadata, export and report. Returns the metadata."""
+    """Filter, write shards, manifest, metadata, export and report. Returns the metadata.
+
+    Parameters
+    ----------
+    sources : list of Source
+        Every source of the run (for the totals).
+    results : list of SourceResult
+        The per-source results; finished ones (``done``/``cached``) are assembled in this order.
+    work_root : Path
+        The ``.work`` folder holding the per-source results.
+    out : Path
+        The corpus folder.
+    settings : FilterSettings
+        How exemplars are filtered.
+    params : CurateParams
+        The per-source settings (patch size, hashing, seed), recorded in the metadata.
+    shard_size : int
+        Patches per shard.
+    export : {None, "png", "tif"}
+        Also write every kept patch as an image file.
+    report : bool
+        Write ``report.html``.
+    config : dict, optional
+        The run's configuration, stored in the metadata.
+
+    Returns
+    -------
+    dict
+        The corpus metadata (also written to ``metadata.json``).
+    """
     finished = [r.name for r in results if r.status in ("done", "cached")]
     tables = [load_source_table(work_root, name) for name in finished]
     ids = [patch_ids(st) for st in tables]
-    errors = [e for r in results for e in r.errors]
-    failed = [r.name for r in results if r.status == "failed"]
-    # filter decision per patch
+    reasons, probs, clf_info = _filter_reasons(tables, ids, settings, out, params.seed)
+    writer, counts = _write_shards_and_manifest(out, tables, ids, reasons, probs, params, shard_size)
+    meta = _metadata(sources, results, tables, writer, counts, settings, clf_info, params, config)
+    corpus_io.write_json(out / corpus_io.METADATA, meta)
+    if export:
+        export_patches(out, export)
+    if report:
+        from cemkit.curate.report import write_report
+
+        write_report(out, tables, reasons, probs, meta, settings)
+    return meta
+
+
+def _filter_reasons(tables: list[SourceTable], ids: list[np.ndarray], settings: FilterSettings,
+                    out: Path, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Per source, the reason each patch is dropped (``""`` = kept) and the classifier
+    probabilities (NaN without a classifier); and the classifier's info."""
     reasons, probs = [], []
     clf_info: dict = {}
     if settings.method == "classifier":
-        probs, clf_info = _classifier_probabilities(tables, ids, settings, out, params.seed)
+        probs, clf_info = _classifier_probabilities(tables, ids, settings, out, seed)
     for k, st in enumerate(tables):
         t = st.table
         n = len(t["hash"])
@@ -151,7 +194,15 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
             probs.append(np.full(n, np.nan, np.float32))
         reason[~t["exemplar"]] = "duplicate"
         reasons.append(reason)
-    # shards + manifest (fixed order: sources by name, patches in cutting order)
+    return reasons, probs, clf_info
+
+
+def _write_shards_and_manifest(out: Path, tables: list[SourceTable], ids: list[np.ndarray],
+                               reasons: list[np.ndarray], probs: list[np.ndarray],
+                               params: CurateParams, shard_size: int):
+    """Write the kept patches to shards and every patch to the manifest, in a fixed order
+    (sources by name, patches in cutting order). Returns the (closed) shard writer and the
+    per-source counts."""
     shard_tmp = out / corpus_io.SHARD_DIR
     if shard_tmp.exists():
         shutil.rmtree(shard_tmp)
@@ -163,37 +214,52 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
         w = csv.writer(mf)
         w.writerow(MANIFEST_FIELDS)
         for st, pid, reason, prob in zip(tables, ids, reasons, probs):
-            t = st.table
-            keep = reason == ""
-            kept_rows = np.flatnonzero(keep)
-            locs = np.full((len(reason), 2), -1, np.int64)
-            for s in range(0, len(kept_rows), 1024):
-                rows = kept_rows[s:s + 1024]
-                got = writer.add(np.asarray(st.exemplars[t["stored"][rows]]))
-                locs[rows] = np.asarray(got, np.int64).reshape(-1, 2)
-            items = st.done["items"]
-            slice_files = st.done.get("slice_files") or [None] * len(items)
-            group_ids = pid[t["group"]] if len(pid) else pid
-            for r in range(len(reason)):
-                item, plane, z = int(t["item"][r]), int(t["plane"][r]), int(t["index"][r])
-                files = slice_files[item]
-                fname = files[z] if files is not None and plane == 0 else items[item]
-                w.writerow([pid[r], st.name, fname, PLANE_CODES[plane], z,
-                            int(t["y"][r]), int(t["x"][r]), int(t["valid_h"][r]), int(t["valid_w"][r]),
-                            hash_to_hex(t["hash"][r], params.hash_size), group_ids[r],
-                            f"{t['flat_fraction'][r]:.4f}", f"{t['contrast'][r]:.1f}", f"{t['artefact'][r]:.4f}",
-                            "" if np.isnan(prob[r]) else f"{prob[r]:.4f}", int(keep[r]), reason[r],
-                            int(locs[r, 0]), int(locs[r, 1])])
-            uniq, cnt = np.unique(reason[reason != ""].astype(str), return_counts=True)
-            counts[st.name] = {"patches": len(reason), "exemplars": int(t["exemplar"].sum()),
-                               "kept": int(keep.sum()),
-                               "dropped": {str(u): int(c) for u, c in zip(uniq, cnt)},
-                               "items": len(items), "planes": st.done["planes"]}
+            counts[st.name] = _write_source_rows(w, writer, st, pid, reason, prob, params.hash_size)
+    return writer, counts
+
+
+def _write_source_rows(w, writer, st: SourceTable, pid: np.ndarray, reason: np.ndarray,
+                       prob: np.ndarray, hash_size: int) -> dict:
+    """Add one source's kept patches to the shards and all its rows to the manifest; its counts."""
+    t = st.table
+    keep = reason == ""
+    kept_rows = np.flatnonzero(keep)
+    locs = np.full((len(reason), 2), -1, np.int64)
+    for s in range(0, len(kept_rows), 1024):
+        rows = kept_rows[s:s + 1024]
+        got = writer.add(np.asarray(st.exemplars[t["stored"][rows]]))
+        locs[rows] = np.asarray(got, np.int64).reshape(-1, 2)
+    items = st.done["items"]
+    slice_files = st.done.get("slice_files") or [None] * len(items)
+    group_ids = pid[t["group"]] if len(pid) else pid
+    for r in range(len(reason)):
+        item, plane, z = int(t["item"][r]), int(t["plane"][r]), int(t["index"][r])
+        files = slice_files[item]
+        fname = files[z] if files is not None and plane == 0 else items[item]
+        w.writerow([pid[r], st.name, fname, PLANE_CODES[plane], z,
+                    int(t["y"][r]), int(t["x"][r]), int(t["valid_h"][r]), int(t["valid_w"][r]),
+                    hash_to_hex(t["hash"][r], hash_size), group_ids[r],
+                    f"{t['flat_fraction'][r]:.4f}", f"{t['contrast'][r]:.1f}", f"{t['artefact'][r]:.4f}",
+                    "" if np.isnan(prob[r]) else f"{prob[r]:.4f}", int(keep[r]), reason[r],
+                    int(locs[r, 0]), int(locs[r, 1])])
+    uniq, cnt = np.unique(reason[reason != ""].astype(str), return_counts=True)
+    return {"patches": len(reason), "exemplars": int(t["exemplar"].sum()),
+            "kept": int(keep.sum()),
+            "dropped": {str(u): int(c) for u, c in zip(uniq, cnt)},
+            "items": len(items), "planes": st.done["planes"]}
+
+
+def _metadata(sources: list[Source], results: list[SourceResult], tables: list[SourceTable],
+              writer, counts: dict, settings: FilterSettings, clf_info: dict,
+              params: CurateParams, config: dict | None) -> dict:
+    """The content of ``metadata.json``."""
+    errors = [e for r in results for e in r.errors]
+    failed = [r.name for r in results if r.status == "failed"]
     totals = {"sources": len(sources), "sources_curated": len(tables), "sources_failed": len(failed),
               "patches": sum(c["patches"] for c in counts.values()),
               "exemplars": sum(c["exemplars"] for c in counts.values()),
               "kept": writer.count}
-    meta = {"format": corpus_io.FORMAT, "version": corpus_io.VERSION, "patch_size": params.patch_size,
+    return {"format": corpus_io.FORMAT, "version": corpus_io.VERSION, "patch_size": params.patch_size,
             "n_patches": writer.count, "mean": writer.mean, "std": writer.std, "seed": params.seed,
             "shards": [{"file": f, "count": c} for f, c in writer.shards],
             "hash": {"algorithm": "dhash", "hash_size": params.hash_size, "hamming": params.hamming,
@@ -202,14 +268,6 @@ def assemble(sources: list[Source], results: list[SourceResult], work_root: Path
                 {"classifier": clf_info} if clf_info else {})},
             "totals": totals, "counts": counts, "failed_sources": failed, "errors": errors,
             "params": asdict(params), "config": config or {}}
-    corpus_io.write_json(out / corpus_io.METADATA, meta)
-    if export:
-        export_patches(out, export)
-    if report:
-        from cemkit.curate.report import write_report
-
-        write_report(out, tables, reasons, probs, meta, settings)
-    return meta
 
 
 def export_patches(out: Path, fmt: str) -> int:
