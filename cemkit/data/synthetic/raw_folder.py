@@ -320,71 +320,101 @@ def write_raw_folder(
     -------
     RawFolderInfo
     """
-    import h5py
-    import mrcfile
-
-    from cemkit.io import write_tif_stack
-
-    if not 1 <= int(n_sources) <= 5:
-        raise ValueError(f"n_sources must be 1..5, got {n_sources}")
-    if size < 32 or depth < 2 or n_images < 2:
-        raise ValueError("size must be >= 32, depth >= 2 and n_images >= 2")
+    _check_sizes(n_sources, size, depth, n_images)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     info = RawFolderInfo(root=root)
     fib_shape = tuple(fib_shape) if fib_shape is not None else (224, 256, 256)
-    all_kinds = [
-        "exact_duplicate", "near_duplicate", "near_duplicate", "near_duplicate", "blank", "low_contrast", "artefact",
-    ]
-
     for k in range(int(n_sources)):
-        src_seed = _sub_seed(seed, 10 + k)
-        rng = np.random.default_rng(_sub_seed(seed, 20 + k))
-        if k == 0:
-            _png_source(root, "lab_a_png", 0, (40.0, 6.0, 6.0), n_images, size, src_seed, all_kinds, info)
-        elif k == 1:
-            name, vs = "lab_b_stack.tif", (50.0, 10.0, 10.0)
-            slices = _volume_slices((depth, size, size), src_seed, 2, vs)
-            plan = ["exact_duplicate", "near_duplicate", "blank", "artefact"]
-            slices, distinct = _inject(rng, slices, plan, name, name, info)
-            stack = np.stack(slices)
-            write_tif_stack(root / name, stack, voxel_size=vs)
-            info.sources.append(SourceInfo(name, name, "tif", stack.shape, vs, _style_name(2), distinct))
-        elif k == 2:
-            name, vs = "lab_c_fib.mrc", (8.0, 8.0, 8.0)
-            # 16-bit detector counts, as FIB-SEM software writes them
-            vol = make_volume(fib_shape, seed=src_seed, style=1, voxel_size=vs).image.astype(np.uint16)
-            vol = vol * np.uint16(_MRC_GAIN) + np.uint16(_MRC_OFFSET)
-            n_blank = max(1, fib_shape[0] // 32)
-            vol[-n_blank:] = int(rng.integers(40, 200)) * _MRC_GAIN + _MRC_OFFSET  # milling not there yet
-            for z in range(fib_shape[0] - n_blank, fib_shape[0]):
-                info.injected.append(InjectedItem("blank", name, name, z, None, "uniform (end of stack)"))
-            _write_mrc(root / name, vol, vs, mrcfile)
-            distinct = tuple(range(fib_shape[0] - n_blank))
-            info.sources.append(SourceInfo(name, name, "mrc", vol.shape, vs, _style_name(1), distinct, dtype="uint16"))
-        elif k == 3:
-            name, vs = "lab_d.h5", (20.0, 5.0, 5.0)
-            slices = _volume_slices((depth, size, size), src_seed, 3, vs)
-            plan = ["exact_duplicate", "near_duplicate", "low_contrast"]
-            slices, distinct = _inject(rng, slices, plan, name, name, info)
-            stack = np.stack(slices)
-            _write_h5(root / name, stack, vs, h5py)
-            info.sources.append(SourceInfo(name, name, "h5", stack.shape, vs, _style_name(3), distinct, key="raw"))
-        else:
-            _png_source(root, "lab_e_tem_png", 4, (30.0, 4.0, 4.0), n_images, size, src_seed,
-                        ["exact_duplicate", "near_duplicate", "blank", "artefact"], info)
-
+        _write_source(k, root, seed, info, size=size, depth=depth, n_images=n_images, fib_shape=fib_shape)
     if corrupt:
-        rel = "lab_z_truncated.tif"
-        good = make_volume((4, 128, 128), seed=_sub_seed(seed, 99), style=0).image
-        tmp = root / ".lab_z_full.tif"
-        write_tif_stack(tmp, good, voxel_size=(40.0, 6.0, 6.0))
-        data = tmp.read_bytes()
-        tmp.unlink()
-        (root / rel).write_bytes(data[: len(data) // 10])  # cut inside the first page's pixels
-        info.corrupt = rel
+        info.corrupt = _truncated_tif(root, seed)
     logger.info("wrote %d sources and %d injected items under %s", len(info.sources), len(info.injected), root)
     return info
+
+
+def _check_sizes(n_sources: int, size: int, depth: int, n_images: int) -> None:
+    if not 1 <= int(n_sources) <= 5:
+        raise ValueError(f"n_sources must be 1..5, got {n_sources}")
+    if size < 32 or depth < 2 or n_images < 2:
+        raise ValueError("size must be >= 32, depth >= 2 and n_images >= 2")
+
+
+def _write_source(k: int, root: Path, seed: int, info: RawFolderInfo, *, size: int, depth: int,
+                  n_images: int, fib_shape) -> None:
+    """Write the ``k``-th source (0: lab_a_png ... 4: lab_e_tem_png) and record it in ``info``."""
+    src_seed = _sub_seed(seed, 10 + k)
+    rng = np.random.default_rng(_sub_seed(seed, 20 + k))
+    if k == 0:
+        all_kinds = ["exact_duplicate", "near_duplicate", "near_duplicate", "near_duplicate", "blank",
+                     "low_contrast", "artefact"]
+        _png_source(root, "lab_a_png", 0, (40.0, 6.0, 6.0), n_images, size, src_seed, all_kinds, info)
+    elif k == 1:
+        _tif_source(root, (depth, size, size), src_seed, rng, info)
+    elif k == 2:
+        _mrc_source(root, fib_shape, src_seed, rng, info)
+    elif k == 3:
+        _h5_source(root, (depth, size, size), src_seed, rng, info)
+    else:
+        _png_source(root, "lab_e_tem_png", 4, (30.0, 4.0, 4.0), n_images, size, src_seed,
+                    ["exact_duplicate", "near_duplicate", "blank", "artefact"], info)
+
+
+def _tif_source(root: Path, shape, seed: int, rng, info: RawFolderInfo) -> None:
+    """``lab_b_stack.tif``: an anisotropic multi-page tif with injected pages."""
+    from cemkit.io import write_tif_stack
+
+    name, vs = "lab_b_stack.tif", (50.0, 10.0, 10.0)
+    slices = _volume_slices(shape, seed, 2, vs)
+    plan = ["exact_duplicate", "near_duplicate", "blank", "artefact"]
+    slices, distinct = _inject(rng, slices, plan, name, name, info)
+    stack = np.stack(slices)
+    write_tif_stack(root / name, stack, voxel_size=vs)
+    info.sources.append(SourceInfo(name, name, "tif", stack.shape, vs, _style_name(2), distinct))
+
+
+def _mrc_source(root: Path, fib_shape, seed: int, rng, info: RawFolderInfo) -> None:
+    """``lab_c_fib.mrc``: a near-isotropic uint16 FIB-SEM volume whose last slices are blank."""
+    import mrcfile
+
+    name, vs = "lab_c_fib.mrc", (8.0, 8.0, 8.0)
+    # 16-bit detector counts, as FIB-SEM software writes them
+    vol = make_volume(fib_shape, seed=seed, style=1, voxel_size=vs).image.astype(np.uint16)
+    vol = vol * np.uint16(_MRC_GAIN) + np.uint16(_MRC_OFFSET)
+    n_blank = max(1, fib_shape[0] // 32)
+    vol[-n_blank:] = int(rng.integers(40, 200)) * _MRC_GAIN + _MRC_OFFSET  # milling not there yet
+    for z in range(fib_shape[0] - n_blank, fib_shape[0]):
+        info.injected.append(InjectedItem("blank", name, name, z, None, "uniform (end of stack)"))
+    _write_mrc(root / name, vol, vs, mrcfile)
+    distinct = tuple(range(fib_shape[0] - n_blank))
+    info.sources.append(SourceInfo(name, name, "mrc", vol.shape, vs, _style_name(1), distinct, dtype="uint16"))
+
+
+def _h5_source(root: Path, shape, seed: int, rng, info: RawFolderInfo) -> None:
+    """``lab_d.h5``: an inverted-contrast stack in dataset ``raw`` with injected slices."""
+    import h5py
+
+    name, vs = "lab_d.h5", (20.0, 5.0, 5.0)
+    slices = _volume_slices(shape, seed, 3, vs)
+    plan = ["exact_duplicate", "near_duplicate", "low_contrast"]
+    slices, distinct = _inject(rng, slices, plan, name, name, info)
+    stack = np.stack(slices)
+    _write_h5(root / name, stack, vs, h5py)
+    info.sources.append(SourceInfo(name, name, "h5", stack.shape, vs, _style_name(3), distinct, key="raw"))
+
+
+def _truncated_tif(root: Path, seed: int) -> str:
+    """Write ``lab_z_truncated.tif``, a tif stack cut off inside its first page; its relative path."""
+    from cemkit.io import write_tif_stack
+
+    rel = "lab_z_truncated.tif"
+    good = make_volume((4, 128, 128), seed=_sub_seed(seed, 99), style=0).image
+    tmp = root / ".lab_z_full.tif"
+    write_tif_stack(tmp, good, voxel_size=(40.0, 6.0, 6.0))
+    data = tmp.read_bytes()
+    tmp.unlink()
+    (root / rel).write_bytes(data[: len(data) // 10])  # cut inside the first page's pixels
+    return rel
 
 
 def _write_mrc(path: Path, vol: np.ndarray, voxel_size, mrcfile) -> None:
