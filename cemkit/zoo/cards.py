@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -118,6 +119,17 @@ def card_from_dict(data: Any, source: str = "<dict>", user: bool = False) -> Mod
     def fail(problem: str) -> InputError:
         return InputError(f"model card {source}: {problem}")
 
+    _check_fields(data, fail)
+    values = dict(data)
+    _check_values(values, fail)
+    _check_location(values, fail)
+    if values.get("normalisation") is not None:
+        values["normalisation"] = _normalisation(values["normalisation"], fail)
+    return ModelCard(**values, source=source, user=user)
+
+
+def _check_fields(data: Any, fail: Callable[[str], InputError]) -> None:
+    """A mapping with only known fields and every required one."""
     if not isinstance(data, dict):
         raise fail(f"expected a YAML mapping of fields, got {type(data).__name__}")
     unknown = sorted(set(data) - set(_FIELDS))
@@ -126,8 +138,10 @@ def card_from_dict(data: Any, source: str = "<dict>", user: bool = False) -> Mod
     missing = [k for k in _REQUIRED if data.get(k) is None]
     if missing:
         raise fail(f"missing required field(s) {', '.join(missing)}")
-    values = dict(data)
 
+
+def _check_values(values: dict[str, Any], fail: Callable[[str], InputError]) -> None:
+    """Name, kind, key layout and the types of the integer and text fields."""
     name = values["name"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise fail(f"name {name!r} must be letters, digits, '_', '-' or '.'")
@@ -144,6 +158,10 @@ def card_from_dict(data: Any, source: str = "<dict>", user: bool = False) -> Mod
             raise fail(f"{key} must be a string, got {type(value).__name__}")
     if values.get("key_layout") is not None and values["key_layout"] not in KEY_LAYOUTS:
         raise fail(f"key_layout {values['key_layout']!r} must be one of {', '.join(KEY_LAYOUTS)}")
+
+
+def _check_location(values: dict[str, Any], fail: Callable[[str], InputError]) -> None:
+    """Exactly one of url / path, a normalised sha256 and a plain ``filename`` (filled in)."""
     if (values.get("url") is None) == (values.get("path") is None):
         raise fail("give exactly one of url (download) or path (a local checkpoint)")
     url = values.get("url")
@@ -160,22 +178,22 @@ def card_from_dict(data: Any, source: str = "<dict>", user: bool = False) -> Mod
     elif Path(values["filename"]).name != values["filename"] or values["filename"] in (".", ".."):
         raise fail(f"filename {values['filename']!r} must be a plain file name")
 
-    norm = values.get("normalisation")
-    if norm is not None:
-        if not isinstance(norm, dict) or not {"mean", "std"} <= set(norm) or set(norm) - {
-                "mean", "std", "precedence"}:
-            raise fail("normalisation must be a mapping with mean, std and optionally precedence")
-        try:
-            mean, std = float(norm["mean"]), float(norm["std"])
-        except (TypeError, ValueError):
-            raise fail(f"normalisation mean/std must be numbers, got {norm!r}") from None
-        if not std > 0:
-            raise fail(f"normalisation std must be > 0, got {std}")
-        precedence = norm.get("precedence", "checkpoint")
-        if precedence not in ("checkpoint", "card"):
-            raise fail(f"normalisation precedence {precedence!r} must be 'checkpoint' or 'card'")
-        values["normalisation"] = Normalisation(mean, std, precedence)
-    return ModelCard(**values, source=source, user=user)
+
+def _normalisation(norm: Any, fail: Callable[[str], InputError]) -> Normalisation:
+    """The card's ``normalisation`` mapping, checked."""
+    if not isinstance(norm, dict) or not {"mean", "std"} <= set(norm) or set(norm) - {
+            "mean", "std", "precedence"}:
+        raise fail("normalisation must be a mapping with mean, std and optionally precedence")
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (TypeError, ValueError):
+        raise fail(f"normalisation mean/std must be numbers, got {norm!r}") from None
+    if not std > 0:
+        raise fail(f"normalisation std must be > 0, got {std}")
+    precedence = norm.get("precedence", "checkpoint")
+    if precedence not in ("checkpoint", "card"):
+        raise fail(f"normalisation precedence {precedence!r} must be 'checkpoint' or 'card'")
+    return Normalisation(mean, std, precedence)
 
 
 def read_card(path: str | Path, user: bool = False) -> ModelCard:

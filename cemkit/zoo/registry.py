@@ -258,6 +258,36 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
     is_url = urllib.parse.urlsplit(text).scheme in ("http", "https", "file")
     filename = filename_from_url(text) if is_url else Path(text).name
     name = name or _stem(filename)
+    _check_new_name(name, kind, text, is_url=is_url, overwrite=overwrite)
+
+    info: dict[str, Any] = {}
+    fields: dict[str, Any] = {"name": name}
+    local = _locate(text, name, filename, fields, is_url=is_url, fetch_now=fetch_now,
+                    offline=offline, sha256=sha256, progress=progress)
+    if local is not None:
+        sha256, info = _checksum_and_inspect(local, name, filename, fields, sha256=sha256,
+                                             kind=kind, is_url=is_url, copy=copy)
+
+    kind = kind or info.get("kind")
+    if kind is None:
+        where = "a URL registered without --fetch" if is_url and local is None else \
+            f"{local} is not a checkpoint cemkit can read"
+        raise InputError(f"cannot tell whether {text} is an encoder or a segmentation model "
+                         f"({where}); pass --kind encoder|segmentation")
+    fields.update(_described_fields(info, kind=kind, architecture=architecture, frames=frames,
+                                    in_chans=in_chans, norms=norms, num_classes=num_classes))
+    fields.update({"sha256": sha256, "licence": licence, "citation": citation,
+                   "description": description})
+    fields = {k: v for k, v in fields.items() if v is not None}
+    card = card_from_dict(fields, source=f"registration of {text}", user=True)
+    path = write_card(card, cards_dir())
+    logger.info("registered %r in %s", name, path)
+    return card_from_dict(fields, source=str(path), user=True)
+
+
+def _check_new_name(name: str, kind: str | None, text: str, *, is_url: bool,
+                    overwrite: bool) -> None:
+    """Refuse a bad kind or a taken name; clear the cache of a user card being replaced."""
     if kind is not None and kind not in KINDS:
         raise InputError(f"--kind {kind!r} must be one of {', '.join(KINDS)}")
     existing = user_cards()
@@ -271,49 +301,60 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
         # a replaced card must not inherit the old card's cached file and recorded sha256
         shutil.rmtree(model_dir(name), ignore_errors=True)
 
-    info: dict[str, Any] = {}
-    fields: dict[str, Any] = {"name": name}
-    local: Path | None = None
+
+def _locate(text: str, name: str, filename: str, fields: dict[str, Any], *, is_url: bool,
+            fetch_now: bool, offline: bool | None, sha256: str | None,
+            progress: bool) -> Path | None:
+    """The local file to checksum (a URL is downloaded with ``fetch_now``, else None); sets the
+    card's ``url`` and ``filename`` or ``path`` in ``fields``."""
     if is_url:
         fields["url"] = text
         fields["filename"] = filename
-        if fetch_now:
-            local = model_dir(name) / filename
-            if is_offline(offline):
-                raise InputError(f"cannot fetch {text} to register it: cemkit is offline")
-            download(text, local, sha256=sha256, progress=progress)
-    else:
-        local = Path(text).expanduser().resolve()
-        if not local.is_file():
-            raise InputError(f"cannot register {local}: no such file")
-        fields["path"] = str(local)
-    if local is not None:
-        digest = sha256_file(local)
-        if sha256 is not None and digest != sha256.lower():
-            raise InputError(f"checksum mismatch for {local}: expected sha256 {sha256.lower()}, "
-                             f"got {digest}")
-        sha256 = digest
-        fields["size"] = local.stat().st_size
-        info = inspect_checkpoint(local, kind)
-        if is_url:
-            _recorded_sha(local).write_text(f"{digest}  {local.name}\n")
-        elif copy:
-            target = model_dir(name) / filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                shutil.copyfile(local, tmp)
-            _recorded_sha(target).write_text(f"{digest}  {target.name}\n")
-            fields["path"] = str(target)
+        if not fetch_now:
+            return None
+        local = model_dir(name) / filename
+        if is_offline(offline):
+            raise InputError(f"cannot fetch {text} to register it: cemkit is offline")
+        download(text, local, sha256=sha256, progress=progress)
+        return local
+    local = Path(text).expanduser().resolve()
+    if not local.is_file():
+        raise InputError(f"cannot register {local}: no such file")
+    fields["path"] = str(local)
+    return local
 
-    kind = kind or info.get("kind")
-    if kind is None:
-        where = "a URL registered without --fetch" if is_url and local is None else \
-            f"{local} is not a checkpoint cemkit can read"
-        raise InputError(f"cannot tell whether {text} is an encoder or a segmentation model "
-                         f"({where}); pass --kind encoder|segmentation")
+
+def _checksum_and_inspect(local: Path, name: str, filename: str, fields: dict[str, Any], *,
+                          sha256: str | None, kind: str | None, is_url: bool,
+                          copy: bool) -> tuple[str, dict[str, Any]]:
+    """Check ``local`` against ``sha256`` (if given), record its size, read what the checkpoint
+    says about itself and, with ``copy``, copy it into the cache. Returns (sha256, checkpoint info)."""
+    digest = sha256_file(local)
+    if sha256 is not None and digest != sha256.lower():
+        raise InputError(f"checksum mismatch for {local}: expected sha256 {sha256.lower()}, "
+                         f"got {digest}")
+    fields["size"] = local.stat().st_size
+    info = inspect_checkpoint(local, kind)
+    if is_url:
+        _recorded_sha(local).write_text(f"{digest}  {local.name}\n")
+    elif copy:
+        target = model_dir(name) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(local, tmp)
+        _recorded_sha(target).write_text(f"{digest}  {target.name}\n")
+        fields["path"] = str(target)
+    return digest, info
+
+
+def _described_fields(info: dict[str, Any], *, kind: str, architecture: str | None,
+                      frames: int | None, in_chans: int | None,
+                      norms: tuple[float, float] | None,
+                      num_classes: int | None) -> dict[str, Any]:
+    """The card fields that describe the model: explicit arguments, else what ``info`` read."""
     explicit_norms = norms is not None
     norms = norms if explicit_norms else info.get("norms")
-    fields.update({
+    return {
         "kind": kind,
         "architecture": architecture or info.get("architecture"),
         "frames": frames or info.get("frames") or 1,
@@ -324,10 +365,4 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
                           {"mean": float(norms[0]), "std": float(norms[1]),
                            "precedence": "card" if explicit_norms or info.get("norms") is None
                            else "checkpoint"}),
-        "sha256": sha256, "licence": licence, "citation": citation, "description": description,
-    })
-    fields = {k: v for k, v in fields.items() if v is not None}
-    card = card_from_dict(fields, source=f"registration of {text}", user=True)
-    path = write_card(card, cards_dir())
-    logger.info("registered %r in %s", name, path)
-    return card_from_dict(fields, source=str(path), user=True)
+    }
