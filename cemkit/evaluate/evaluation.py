@@ -123,6 +123,29 @@ def _header(prediction: Prediction, labels: Volume, settings: Settings) -> dict:
 
 def _evaluate_binary(prediction: Prediction, labels: Volume, settings: Settings) -> dict:
     main = float(settings.threshold)
+    thresholds = _thresholds(prediction, settings)
+    keep = settings.instance_metrics
+    counts, pred_full, gt_full = _count_binary(prediction, labels, thresholds, main, keep)
+    result = _header(prediction, labels, settings)
+    result["pixel"] = binary_metrics_from_counts(counts.confusion(main))
+    if settings.per_image:
+        result["per_image"] = counts.per_image(main)
+    # per-slice counts at the main threshold: what a paired bootstrap of two models needs
+    # (cemkit.metrics.iou_difference_interval)
+    result["per_slice"] = counts.per_slice(main)
+    if len(thresholds) > 1:
+        result.update(_sweep(counts, thresholds, settings.per_image))
+    if keep:
+        pred_inst, gt_inst, sources = instances_of(prediction, pred_full, gt_full, settings.connectivity)
+        del pred_full, gt_full
+        result.update(_instance_scores(pred_inst, gt_inst, sources, settings))
+    result["settings"] = asdict(settings)
+    return result
+
+
+def _thresholds(prediction: Prediction, settings: Settings) -> list[float]:
+    """The main threshold, plus the sweep's for a probability prediction (sorted)."""
+    main = float(settings.threshold)
     thresholds = [main]
     if settings.sweep:
         if prediction.thresholded:
@@ -130,71 +153,89 @@ def _evaluate_binary(prediction: Prediction, labels: Volume, settings: Settings)
         else:
             logger.warning("%s is a %s, not probabilities: the threshold sweep is skipped",
                            prediction.volume.path, prediction.kind)
-    z = labels.shape[0]
-    # per threshold: per-slice tp and predicted-positive counts; per slice: true-positive count
-    tp = {t: np.zeros(z, np.int64) for t in thresholds}
-    npred = {t: np.zeros(z, np.int64) for t in thresholds}
-    ntrue = np.zeros(z, np.int64)
-    pix_per_slice = labels.shape[1] * labels.shape[2]
+    return thresholds
 
-    keep = settings.instance_metrics
+
+@dataclass
+class _BinaryCounts:
+    """Per z-slice counts of a binary evaluation: for each threshold the true positives and the
+    predicted positives, and the true (label) positives."""
+
+    tp: dict
+    npred: dict
+    ntrue: np.ndarray
+    pix_per_slice: int
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, int, int], thresholds: list[float]) -> _BinaryCounts:
+        z = shape[0]
+        return cls({t: np.zeros(z, np.int64) for t in thresholds},
+                   {t: np.zeros(z, np.int64) for t in thresholds},
+                   np.zeros(z, np.int64), shape[1] * shape[2])
+
+    def confusion(self, t: float, sl: slice = slice(None)) -> tuple[int, int, int, int]:
+        """``(tp, fp, fn, tn)`` at threshold ``t`` over the slices ``sl``."""
+        tp_, pp, tt = int(self.tp[t][sl].sum()), int(self.npred[t][sl].sum()), int(self.ntrue[sl].sum())
+        n = self.pix_per_slice * len(range(len(self.ntrue))[sl])
+        return tp_, pp - tp_, tt - tp_, n - pp - tt + tp_
+
+    def per_image(self, t: float) -> dict[str, float]:
+        """The ratio metrics at threshold ``t``, averaged over the z-slices."""
+        rows = [_ratios(*self.confusion(t, slice(i, i + 1))) for i in range(len(self.ntrue))]
+        return {k: float(np.mean([r[k] for r in rows])) for k in RATIO_KEYS}
+
+    def per_slice(self, t: float) -> dict[str, list[int]]:
+        """Per-slice tp, fp and fn at threshold ``t``."""
+        return {"tp": self.tp[t].tolist(), "fp": (self.npred[t] - self.tp[t]).tolist(),
+                "fn": (self.ntrue - self.tp[t]).tolist()}
+
+
+def _count_binary(prediction: Prediction, labels: Volume, thresholds: list[float], main: float,
+                  keep: bool) -> tuple[_BinaryCounts, np.ndarray | None, np.ndarray | None]:
+    """Stream the volumes slab by slab into per-slice counts; with ``keep``, also the whole
+    prediction (foreground at ``main``, or the label ids) and label volumes."""
+    counts = _BinaryCounts.zeros(labels.shape, thresholds)
     gt_full = np.empty(labels.shape, labels.dtype) if keep else None
     keep_ids = keep and prediction.kind == "labels"
     pred_full = np.empty(labels.shape, prediction.volume.dtype if keep_ids else bool) if keep else None
-
     for z0, z1 in _slabs(labels.shape, "evaluate"):
         raw_t = labels[z0:z1]
         raw_p = prediction.volume[z0:z1]
         target = raw_t != 0
-        ntrue[z0:z1] = np.count_nonzero(target, axis=(1, 2))
+        counts.ntrue[z0:z1] = np.count_nonzero(target, axis=(1, 2))
         probs = prediction.probabilities(raw_p) if prediction.thresholded else None
         for t in thresholds:
             mask = probs > t if probs is not None else raw_p != 0
-            tp[t][z0:z1] = np.count_nonzero(mask & target, axis=(1, 2))
-            npred[t][z0:z1] = np.count_nonzero(mask, axis=(1, 2))
+            counts.tp[t][z0:z1] = np.count_nonzero(mask & target, axis=(1, 2))
+            counts.npred[t][z0:z1] = np.count_nonzero(mask, axis=(1, 2))
             if keep and t == main:
                 pred_full[z0:z1] = raw_p if keep_ids else mask
         if keep:
             gt_full[z0:z1] = raw_t
+    return counts, pred_full, gt_full
 
-    def counts(t, sl=slice(None)):
-        tp_, pp, tt = int(tp[t][sl].sum()), int(npred[t][sl].sum()), int(ntrue[sl].sum())
-        n = pix_per_slice * len(range(z)[sl])
-        return tp_, pp - tp_, tt - tp_, n - pp - tt + tp_
 
-    def per_image(t):
-        rows = [_ratios(*counts(t, slice(i, i + 1))) for i in range(z)]
-        return {k: float(np.mean([r[k] for r in rows])) for k in RATIO_KEYS}
+def _sweep(counts: _BinaryCounts, thresholds: list[float], per_image: bool) -> dict:
+    """``sweep`` (the ratios at every threshold) and ``best_threshold`` (by pooled IoU)."""
+    rows = []
+    for t in thresholds:
+        row = {"threshold": t, **_ratios(*counts.confusion(t))}
+        if per_image:
+            row["per_image_iou"] = counts.per_image(t)["iou"]
+        rows.append(row)
+    best = max(rows, key=lambda r: r["iou"])
+    return {"sweep": rows, "best_threshold": {"threshold": best["threshold"], "iou": best["iou"]}}
 
-    result = _header(prediction, labels, settings)
-    result["pixel"] = binary_metrics_from_counts(counts(main))
-    if settings.per_image:
-        result["per_image"] = per_image(main)
-    # per-slice counts at the main threshold: what a paired bootstrap of two models needs
-    # (cemkit.metrics.iou_difference_interval)
-    result["per_slice"] = {"tp": tp[main].tolist(), "fp": (npred[main] - tp[main]).tolist(),
-                           "fn": (ntrue - tp[main]).tolist()}
-    if len(thresholds) > 1:
-        rows = []
-        for t in thresholds:
-            row = {"threshold": t, **_ratios(*counts(t))}
-            if settings.per_image:
-                row["per_image_iou"] = per_image(t)["iou"]
-            rows.append(row)
-        result["sweep"] = rows
-        best = max(rows, key=lambda r: r["iou"])
-        result["best_threshold"] = {"threshold": best["threshold"], "iou": best["iou"]}
-    if keep:
-        pred_inst, gt_inst, sources = instances_of(prediction, pred_full, gt_full, settings.connectivity)
-        del pred_full, gt_full
-        logger.info("instance metrics on %d predicted / %d ground-truth instances", int(pred_inst.max()),
-                    int(gt_inst.max()))
-        result["rand"] = rand_scores(pred_inst, gt_inst, border_thinning=settings.border_thinning)
-        result["info"] = info_scores(pred_inst, gt_inst, border_thinning=settings.border_thinning)
-        result["objects"] = object_scores(pred_inst, gt_inst, settings.iou_threshold)
-        result["instances"] = sources
-    result["settings"] = asdict(settings)
-    return result
+
+def _instance_scores(pred_inst: np.ndarray, gt_inst: np.ndarray, sources: dict,
+                     settings: Settings) -> dict:
+    """V_rand, V_info and object scores of the instance volumes."""
+    logger.info("instance metrics on %d predicted / %d ground-truth instances", int(pred_inst.max()),
+                int(gt_inst.max()))
+    return {"rand": rand_scores(pred_inst, gt_inst, border_thinning=settings.border_thinning),
+            "info": info_scores(pred_inst, gt_inst, border_thinning=settings.border_thinning),
+            "objects": object_scores(pred_inst, gt_inst, settings.iou_threshold),
+            "instances": sources}
 
 
 def instances_of(prediction: Prediction, pred_full: np.ndarray, gt_full: np.ndarray, connectivity: int):

@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED = "folder of png/tif/jpg images, .png/.jpg, .tif/.tiff, .mrc/.rec/.st, .h5/.hdf5, .zarr, .npy"
 
 
+# stays one piece: a flat dispatch over the formats, one branch per suffix, reads best in one place
 def open_volume(path: str | Path | Volume, key: str | None = None, level: int = 0) -> Volume:
     """Open any EM input as a lazy (z, y, x) :class:`Volume`; only metadata is read.
 

@@ -447,27 +447,11 @@ def load_encoder_weights(model: nn.Module, weights: EncoderWeights | str | os.Pa
         weights = read_encoder_weights(weights)
     where = weights.meta.get("source", "<weights>")
     model_sd = model.state_dict()
-    sd = dict(weights.state_dict)
-
-    # classifier head of the weights (timm names it per architecture) when the model has none
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    head = cfg.get("classifier")
-    heads = [head] if isinstance(head, str) else list(head or [])
-    for prefix in heads:
-        for key in [k for k in sd if k.startswith(prefix + ".") and k not in model_sd]:
-            del sd[key]
-
+    sd = _drop_classifier_head(model, dict(weights.state_dict), model_sd)
     features_only = hasattr(model, "feature_info") and type(model).__name__.startswith("Feature")
     if features_only:
         sd = _map_to_feature_net(sd, model_sd)
-
-    conv = first_conv_name(model)
-    key = f"{conv}.weight" if conv else None
-    if key and key in sd and key in model_sd and sd[key].ndim == 4:
-        want, have = model_sd[key].shape[1], sd[key].shape[1]
-        if want != have:
-            log.info("adapting %s from %d to %d input channels (%s)", key, have, want, where)
-            sd[key] = adapt_first_conv(sd[key], want)
+    _adapt_input_channels(model, sd, model_sd, where)
 
     missing = [k for k in model_sd if k not in sd]
     unexpected = [k for k in sd if k not in model_sd]
@@ -477,23 +461,53 @@ def load_encoder_weights(model: nn.Module, weights: EncoderWeights | str | os.Pa
     mismatched = [f"{k}: weights {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
                   for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]
     if mismatched or (strict and (missing or unexpected)):
-        model_arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (model keys without a weight): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (weights the model lacks): {_listing(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
-        hint = ""
-        if weights.arch and weights.arch != model_arch:
-            hint = f" (the checkpoint says arch={weights.arch!r}; create the encoder with that arch)"
-        raise InputError(f"{where}: encoder weights (layout {weights.meta.get('layout')}, arch "
-                         f"{weights.arch or 'unknown'}) do not match the {model_arch} model{hint}: " + "; ".join(parts))
+        raise _mismatch_error(model, weights, where, missing, unexpected, mismatched)
     result = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         log.warning("%s: loaded non-strictly: %d missing, %d unexpected keys", where, len(missing), len(unexpected))
     return result
+
+
+def _drop_classifier_head(model: nn.Module, sd: dict[str, torch.Tensor],
+                          model_sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Remove the weights' classifier head (timm names it per architecture) when the model has none."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    head = cfg.get("classifier")
+    heads = [head] if isinstance(head, str) else list(head or [])
+    for prefix in heads:
+        for key in [k for k in sd if k.startswith(prefix + ".") and k not in model_sd]:
+            del sd[key]
+    return sd
+
+
+def _adapt_input_channels(model: nn.Module, sd: dict[str, torch.Tensor],
+                          model_sd: Mapping[str, Any], where: str) -> None:
+    """Adapt the first convolution's kernel in ``sd`` to the model's number of input channels."""
+    conv = first_conv_name(model)
+    key = f"{conv}.weight" if conv else None
+    if key and key in sd and key in model_sd and sd[key].ndim == 4:
+        want, have = model_sd[key].shape[1], sd[key].shape[1]
+        if want != have:
+            log.info("adapting %s from %d to %d input channels (%s)", key, have, want, where)
+            sd[key] = adapt_first_conv(sd[key], want)
+
+
+def _mismatch_error(model: nn.Module, weights: EncoderWeights, where: str, missing: list[str],
+                    unexpected: list[str], mismatched: list[str]) -> InputError:
+    """The error naming the source, the layouts and the keys that do not match."""
+    model_arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (model keys without a weight): {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (weights the model lacks): {_listing(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
+    hint = ""
+    if weights.arch and weights.arch != model_arch:
+        hint = f" (the checkpoint says arch={weights.arch!r}; create the encoder with that arch)"
+    return InputError(f"{where}: encoder weights (layout {weights.meta.get('layout')}, arch "
+                      f"{weights.arch or 'unknown'}) do not match the {model_arch} model{hint}: " + "; ".join(parts))
 
 
 def _map_to_feature_net(sd: dict[str, torch.Tensor], model_sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
