@@ -186,11 +186,7 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     """
     import pytorch_lightning as pl
 
-    from cemkit.pretrain.checkpoints import LastCheckpoint
     from cemkit.pretrain.data import PretrainDataModule, open_source
-    from cemkit.pretrain.export import export_encoder
-    from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
-    from cemkit.tracking import build_logger, build_trainer
 
     check_trainer_options(cfg.trainer)
     output = Path(cfg.output).expanduser()
@@ -214,14 +210,31 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
         # built when training starts (the data module knows its rank then)
         module.queue_fill = functools.partial(datamodule.queue_fill_dataloader, int(cfg.moco.queue_size))
 
+    trainer = build_pretrain_trainer(cfg, output, steps, extra_callbacks)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        finish(output, trainer.global_step, export)
+
+
+def build_pretrain_trainer(cfg: DictConfig, output: Path, steps: int, extra_callbacks: Sequence[Any] = ()):
+    """The Lightning trainer of a run of ``steps`` steps: logger (with the resolved config as hyperparameters),
+    the last-checkpoint, view-pair and queue callbacks, DDP without buffer broadcast; writes
+    ``output/config.yaml`` (rank 0)."""
+    from cemkit.pretrain.checkpoints import LastCheckpoint
+    from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
+    from cemkit.tracking import build_logger, build_trainer
+
     logger = build_logger(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if logger is not None:
         logger.log_hyperparams(resolved)
-    ckpt_dir = output / CHECKPOINT_DIR
-    checkpoint = LastCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", save_last=True, save_top_k=0,
-                                every_n_train_steps=int(cfg.checkpoint_every_n_steps), auto_insert_metric_name=False)
-    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck(), *extra_callbacks]
+    checkpoint = LastCheckpoint(dirpath=output / CHECKPOINT_DIR, filename="step{step:08d}", save_last=True,
+                                save_top_k=0, every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                                auto_insert_metric_name=False)
+    callbacks = [checkpoint, ViewPairGrid(int(cfg.view_pairs), output / "images"), QueueConsistencyCheck(),
+                 *extra_callbacks]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(max_steps=steps)  # = trainer.max_steps, or the steps of `epochs` (logged by total_steps)
     trainer_cfg["strategy"] = _strategy(cfg.trainer)
@@ -229,14 +242,17 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
                             use_distributed_sampler=False)
     if trainer.is_global_zero:
         atomic_write_text(output / "config.yaml", OmegaConf.to_yaml(resolved))
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer
 
-    last = ckpt_dir / LAST
-    if trainer.is_global_zero and last.is_file():
-        msg = f"pretraining done: {trainer.global_step} steps; checkpoint {last}"
-        if export:
-            enc = export_encoder(last, output / "encoder.pth")
-            msg += f"; encoder {enc}"
-        log.info(msg)
+
+def finish(output: Path, steps: int, export: bool) -> None:
+    """Log the end of a run and, with ``export``, write ``output/encoder.pth`` from its last checkpoint."""
+    from cemkit.pretrain.export import export_encoder
+
+    last = output / CHECKPOINT_DIR / LAST
+    if not last.is_file():
+        return
+    msg = f"pretraining done: {steps} steps; checkpoint {last}"
+    if export:
+        msg += f"; encoder {export_encoder(last, output / 'encoder.pth')}"
+    log.info(msg)
