@@ -127,50 +127,85 @@ def cells(rng, shape, voxel_size, nuc_sdf, diameter_nm=650.0, shell_nm=120.0):
     coords = axis_coords(shape, voxel_size)
     cell_id = np.empty(shape, dtype=np.int32)
     face = np.empty(shape, dtype=np.float32)
-    # tiles of about _TILE_NM in each physical direction keep the candidate seed lists short
+    for sl in _tiles(shape, voxel_size):
+        pz = coords[0][sl[0], None, None] + warp[0][sl]
+        py = coords[1][None, sl[1], None] + warp[1][sl]
+        px = coords[2][None, None, sl[2]] + warp[2][sl]
+        # squared distances: the two nearest are square-rooted once at the end
+        d1, d2, best = _two_nearest_seeds(seeds, _candidate_seeds(seeds, pz, py, px), pz, py, px)
+        if nuc_sdf is not None:
+            dn = nuc_sdf[sl] + np.float32(shell_nm)
+            _keep_two_nearest(np.sign(dn) * dn * dn, n_seeds, d1, d2, best)
+        cell_id[sl] = best
+        face[sl] = _face_distance(d1, d2)
+    return cell_id, face, n_seeds
+
+
+def _tiles(shape, voxel_size):
+    """Slices of the tiles (about :data:`_TILE_NM` in each physical direction) that cover the field.
+
+    Tiles keep the candidate seed lists short; they come in z-y-x order.
+    """
     tz, ty, tx = (max(1, int(round(_TILE_NM / v))) for v in voxel_size)
     starts = itertools.product(range(0, shape[0], tz), range(0, shape[1], ty), range(0, shape[2], tx))
     for z0, y0, x0 in starts:
         z1, y1, x1 = min(z0 + tz, shape[0]), min(y0 + ty, shape[1]), min(x0 + tx, shape[2])
-        sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-        pz = coords[0][z0:z1, None, None] + warp[0][sl]
-        py = coords[1][None, y0:y1, None] + warp[1][sl]
-        px = coords[2][None, None, x0:x1] + warp[2][sl]
-        lo = np.array([pz.min(), py.min(), px.min()], dtype=np.float32)
-        hi = np.array([pz.max(), py.max(), px.max()], dtype=np.float32)
-        nearest = np.clip(seeds, lo, hi)
-        mind = np.sqrt(((seeds - nearest) ** 2).sum(1))
-        farthest = np.where(seeds - lo > hi - seeds, lo, hi)
-        maxd = np.sqrt(((seeds - farthest) ** 2).sum(1))
-        cand = np.flatnonzero(mind <= maxd.min() + 2 * FACE_CAP_NM)
-        # squared distances: the two nearest are square-rooted once at the end
-        d1 = np.full(pz.shape, np.inf, dtype=np.float32)
-        d2 = np.full(pz.shape, np.inf, dtype=np.float32)
-        best = np.zeros(pz.shape, dtype=np.int32)
-        for i in cand:
-            s = seeds[i]
-            d = (pz - s[0]) ** 2
-            d += (py - s[1]) ** 2
-            d += (px - s[2]) ** 2
-            closer = d < d1
-            np.minimum(d2, np.where(closer, d1, d), out=d2)
-            np.minimum(d1, d, out=d1)
-            best[closer] = i
-        if nuc_sdf is not None:
-            dn = nuc_sdf[sl] + np.float32(shell_nm)
-            d = np.sign(dn) * dn * dn
-            closer = d < d1
-            np.minimum(d2, np.where(closer, d1, d), out=d2)
-            np.minimum(d1, d, out=d1)
-            best[closer] = n_seeds
-        d1 = np.sqrt(np.maximum(d1, 0.0))
-        d2 = np.sqrt(np.maximum(d2, 0.0))
-        cell_id[sl] = best
-        face[sl] = np.minimum((d2 - d1) * 0.5, FACE_CAP_NM)
-    return cell_id, face, n_seeds
+        yield (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+
+
+def _candidate_seeds(seeds, pz, py, px):
+    """Indices of the seeds that can be nearest or second nearest (within a face cap) in a tile.
+
+    A seed is a candidate when its distance to the tile's bounding box is at most the smallest
+    farthest-corner distance of any seed plus ``2 * FACE_CAP_NM``.
+    """
+    lo = np.array([pz.min(), py.min(), px.min()], dtype=np.float32)
+    hi = np.array([pz.max(), py.max(), px.max()], dtype=np.float32)
+    nearest = np.clip(seeds, lo, hi)
+    mind = np.sqrt(((seeds - nearest) ** 2).sum(1))
+    farthest = np.where(seeds - lo > hi - seeds, lo, hi)
+    maxd = np.sqrt(((seeds - farthest) ** 2).sum(1))
+    return np.flatnonzero(mind <= maxd.min() + 2 * FACE_CAP_NM)
+
+
+def _two_nearest_seeds(seeds, cand, pz, py, px):
+    """Squared distances to the nearest and second nearest candidate seed, and the nearest's index."""
+    d1 = np.full(pz.shape, np.inf, dtype=np.float32)
+    d2 = np.full(pz.shape, np.inf, dtype=np.float32)
+    best = np.zeros(pz.shape, dtype=np.int32)
+    for i in cand:
+        s = seeds[i]
+        d = (pz - s[0]) ** 2
+        d += (py - s[1]) ** 2
+        d += (px - s[2]) ** 2
+        _keep_two_nearest(d, i, d1, d2, best)
+    return d1, d2, best
+
+
+def _keep_two_nearest(d, label, d1, d2, best):
+    """Fold one more (squared) distance map ``d`` of seed ``label`` into ``d1, d2, best`` in place."""
+    closer = d < d1
+    np.minimum(d2, np.where(closer, d1, d), out=d2)
+    np.minimum(d1, d, out=d1)
+    best[closer] = label
+
+
+def _face_distance(d1_sq, d2_sq):
+    """``(d2 - d1) / 2`` from the two nearest squared distances, capped at :data:`FACE_CAP_NM`."""
+    d1 = np.sqrt(np.maximum(d1_sq, 0.0))
+    d2 = np.sqrt(np.maximum(d2_sq, 0.0))
+    return np.minimum((d2 - d1) * 0.5, FACE_CAP_NM)
 
 
 # ---------------------------------------------------------------------------- mitochondria
+#: Gap (nm) kept between neighbouring mitochondria.
+_MITO_GAP_NM = 20.0
+#: Distances (nm) at which the free run along a candidate axis is probed.
+_PROBE_T_NM = np.arange(10.0, 1600.0, 15.0)
+#: Candidate axis directions probed per mitochondrion (each both ways).
+_N_PROBE_DIRS = 5
+
+
 def _segment_distance(pz, py, px, a, b):
     """Distance (nm) from grid points to the segment a-b (broadcast arrays)."""
     ab = b - a
@@ -182,6 +217,20 @@ def _segment_distance(pz, py, px, a, b):
 
 def _unit(v):
     return v / np.linalg.norm(v)
+
+
+@dataclass
+class _MitoCanvas:
+    """The maps mitochondria are fitted into (cells, nucleus) and drawn onto (instances, depth)."""
+
+    shape: tuple
+    vs: np.ndarray
+    coords: list
+    cell_id: np.ndarray
+    face: np.ndarray
+    nuc_sdf: np.ndarray | None
+    instances: np.ndarray
+    depth_map: np.ndarray
 
 
 def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction, max_tries=600):
@@ -199,118 +248,199 @@ def mitochondria(rng, shape, voxel_size, cell_id, face, nuc_sdf, target_fraction
     params : list of dict
         Per-mitochondrion geometry (centre, axis, bbox) used for the cristae texture.
     """
-    vs = np.array(voxel_size, dtype=np.float64)
-    coords = axis_coords(shape, voxel_size)
-    instances = np.zeros(shape, dtype=np.int32)
-    depth_map = np.zeros(shape, dtype=np.float32)
+    canvas = _MitoCanvas(
+        shape=shape, vs=np.array(voxel_size, dtype=np.float64), coords=axis_coords(shape, voxel_size),
+        cell_id=cell_id, face=face, nuc_sdf=nuc_sdf,
+        instances=np.zeros(shape, dtype=np.int32), depth_map=np.zeros(shape, dtype=np.float32),
+    )
     target = target_fraction * float(np.prod(shape))
     drawn = 0
     params = []
-    gap_nm = 20.0
-    probe_t = np.arange(10.0, 1600.0, 15.0)
-    # Pass 1 keeps each mitochondrion inside one cell. Fields smaller than a cell (tiny test
-    # volumes) rarely fit one; pass 2 then drops the cell constraint (the mitochondrion is
-    # drawn over the membrane) so that every volume still has mitochondria.
-    passes = [(True, max_tries), (False, max_tries // 3)]
-    tries = []
-    for confine, n in passes:
-        tries += [confine] * n
+    tries = _placement_passes(max_tries)
     deep_idx = None
     for t_i, confine in enumerate(tries):
         if drawn >= target or (not confine and drawn >= 0.5 * target):
             break
         if t_i == 0 or confine != tries[t_i - 1]:
-            deep = face >= FACE_CAP_NM if confine else np.ones(shape, dtype=bool)
-            if nuc_sdf is not None:
-                deep &= nuc_sdf > 100.0
-            deep_idx = np.flatnonzero(deep)
+            deep_idx = _centre_candidates(canvas, confine)
         if deep_idx.size == 0:
             continue
-        cidx = np.unravel_index(deep_idx[rng.integers(deep_idx.size)], shape)
-        centre = (np.array(cidx) + rng.uniform(0.2, 0.8, size=3)) * vs
-        home = cell_id[cidx]
-        radius = rng.uniform(70.0, 140.0)
-        near = tuple(slice(max(c - 1, 0), c + 2) for c in cidx)
-        if instances[near].any():
-            continue
-        # probe a few directions (both ways at once) and keep the one along which the cell is
-        # longest; in-plane directions are preferred so most mitochondria lie in the slice plane
-        n_dir = 5
-        az = rng.uniform(0, np.pi, size=n_dir)
-        steep = rng.random(n_dir) >= 0.7
-        el = np.where(
-            steep,
-            rng.uniform(0.35, 1.2, size=n_dir) * rng.choice([-1.0, 1.0], size=n_dir),
-            rng.normal(0, np.deg2rad(8), size=n_dir),
-        )
-        axes = np.stack([np.sin(el), np.cos(el) * np.sin(az), np.cos(el) * np.cos(az)], axis=1)
-        dirs = np.concatenate([axes, -axes])  # (2 n_dir, 3)
-        pts = centre + probe_t[None, :, None] * dirs[:, None, :]  # (2 n_dir, T, 3)
-        ij = np.floor(pts / vs).astype(int)
-        inside = np.all((ij >= 0) & (ij < shape), axis=2)
-        ijc = np.minimum(np.maximum(ij, 0), np.array(shape) - 1)
-        flat = np.ravel_multi_index(tuple(np.moveaxis(ijc, 2, 0)), shape)
-        good = instances.ravel()[flat] == 0
-        if confine:
-            good &= (cell_id.ravel()[flat] == home) & (face.ravel()[flat] >= min(radius, FACE_CAP_NM - 1))
-        if nuc_sdf is not None:
-            good &= nuc_sdf.ravel()[flat] > radius + 20.0
-        good |= ~inside  # cells continue beyond the field
-        first_bad = np.where(good.all(1), len(probe_t) - 1, np.argmin(good, axis=1))
-        runs = probe_t[first_bad]
-        score = (runs[:n_dir] + runs[n_dir:]) * np.where(steep, 0.6, 1.0)
-        k = int(np.argmax(score))
-        best = (axes[k], (runs[k], runs[k + n_dir]))
-        axis, (run_pos, run_neg) = best
-        centre = centre + axis * (run_pos - run_neg) / 2
-        length = min(rng.uniform(250.0, 1500.0), max(run_pos + run_neg - 2 * radius, 0.0))
-        side = _unit(np.cross(axis, [1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.cross(axis, [0.0, 1.0, 0.0]))
-        bend = rng.uniform(-0.12, 0.12)
-        for _shrink in range(4):
-            ts = np.array([-0.5, -1 / 6, 1 / 6, 0.5])
-            pts = centre + ts[:, None] * length * axis + (bend * length * (1 - 4 * ts**2))[:, None] * side
-            # cheap rejection first: the axis must not run through another mitochondrion
-            line = pts[0] + np.linspace(0, 1, 24)[:, None] * (pts[-1] - pts[0])
-            ij = np.minimum(np.maximum(np.floor(line / vs).astype(int), 0), np.array(shape) - 1)
-            if np.any(instances[tuple(ij.T)]):
-                length *= 0.7
-                radius *= 0.85
-                continue
+        placed = _try_mitochondrion(rng, canvas, deep_idx, confine, new_id=len(params) + 1)
+        if placed is not None:
+            drawn += placed[1]
+            params.append(placed[0])
+    return canvas.instances, canvas.depth_map, params
+
+
+def _placement_passes(max_tries):
+    """Per placement try, whether the mitochondrion must stay inside one cell.
+
+    Pass 1 (``max_tries`` tries) keeps each mitochondrion inside one cell. Fields smaller than a
+    cell (tiny test volumes) rarely fit one; pass 2 (``max_tries // 3`` tries) then drops the
+    cell constraint (the mitochondrion is drawn over the membrane) so that every volume still
+    has mitochondria.
+    """
+    tries = []
+    for confine, n in [(True, max_tries), (False, max_tries // 3)]:
+        tries += [confine] * n
+    return tries
+
+
+def _centre_candidates(canvas, confine):
+    """Flat indices of the voxels a mitochondrion may be centred on (deep in a cell when confined)."""
+    deep = canvas.face >= FACE_CAP_NM if confine else np.ones(canvas.shape, dtype=bool)
+    if canvas.nuc_sdf is not None:
+        deep &= canvas.nuc_sdf > 100.0
+    return np.flatnonzero(deep)
+
+
+def _try_mitochondrion(rng, canvas, deep_idx, confine, new_id):
+    """One placement try: draw a centre, axis and size, then fit the tube (shrinking it if needed).
+
+    Returns ``(params, n_voxels)`` of the mitochondrion drawn onto ``canvas``, or None.
+    """
+    cidx = np.unravel_index(deep_idx[rng.integers(deep_idx.size)], canvas.shape)
+    centre = (np.array(cidx) + rng.uniform(0.2, 0.8, size=3)) * canvas.vs
+    home = canvas.cell_id[cidx] if confine else None
+    radius = rng.uniform(70.0, 140.0)
+    near = tuple(slice(max(c - 1, 0), c + 2) for c in cidx)
+    if canvas.instances[near].any():
+        return None
+    axis, run_pos, run_neg = _longest_axis(rng, canvas, centre, home, radius)
+    centre = centre + axis * (run_pos - run_neg) / 2
+    length = min(rng.uniform(250.0, 1500.0), max(run_pos + run_neg - 2 * radius, 0.0))
+    side = _unit(np.cross(axis, [1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.cross(axis, [0.0, 1.0, 0.0]))
+    bend = rng.uniform(-0.12, 0.12)
+    return _fit_tube(canvas, centre, axis, side, bend, length, radius, home, new_id)
+
+
+def _probe_axes(rng, n_dir):
+    """``n_dir`` random unit axes (z, y, x), mostly in-plane, and which of them are steep."""
+    az = rng.uniform(0, np.pi, size=n_dir)
+    steep = rng.random(n_dir) >= 0.7
+    el = np.where(
+        steep,
+        rng.uniform(0.35, 1.2, size=n_dir) * rng.choice([-1.0, 1.0], size=n_dir),
+        rng.normal(0, np.deg2rad(8), size=n_dir),
+    )
+    axes = np.stack([np.sin(el), np.cos(el) * np.sin(az), np.cos(el) * np.cos(az)], axis=1)
+    return axes, steep
+
+
+def _longest_axis(rng, canvas, centre, home, radius):
+    """The probed axis along which the free room through ``centre`` is longest, and its two runs.
+
+    A few directions are probed (both ways at once); in-plane directions are preferred so most
+    mitochondria lie in the slice plane. Returns ``(axis, run_pos, run_neg)`` (runs in nm).
+    """
+    axes, steep = _probe_axes(rng, _N_PROBE_DIRS)
+    runs = _free_runs(canvas, centre, np.concatenate([axes, -axes]), home, radius)
+    score = (runs[:_N_PROBE_DIRS] + runs[_N_PROBE_DIRS:]) * np.where(steep, 0.6, 1.0)
+    k = int(np.argmax(score))
+    return axes[k], runs[k], runs[k + _N_PROBE_DIRS]
+
+
+def _free_runs(canvas, centre, dirs, home, radius):
+    """Distance (nm, from :data:`_PROBE_T_NM`) along each direction to the first blocked probe.
+
+    A probe is blocked by another mitochondrion, by leaving cell ``home`` or coming near its
+    membrane (unless ``home`` is None) or by coming near the nucleus; the field border is not
+    a block, as cells continue beyond it.
+    """
+    shape = canvas.shape
+    pts = centre + _PROBE_T_NM[None, :, None] * dirs[:, None, :]  # (2 n_dir, T, 3)
+    ij = np.floor(pts / canvas.vs).astype(int)
+    inside = np.all((ij >= 0) & (ij < shape), axis=2)
+    ijc = np.minimum(np.maximum(ij, 0), np.array(shape) - 1)
+    flat = np.ravel_multi_index(tuple(np.moveaxis(ijc, 2, 0)), shape)
+    good = canvas.instances.ravel()[flat] == 0
+    if home is not None:
+        good &= (canvas.cell_id.ravel()[flat] == home) & (canvas.face.ravel()[flat] >= min(radius, FACE_CAP_NM - 1))
+    if canvas.nuc_sdf is not None:
+        good &= canvas.nuc_sdf.ravel()[flat] > radius + 20.0
+    good |= ~inside  # cells continue beyond the field
+    first_bad = np.where(good.all(1), len(_PROBE_T_NM) - 1, np.argmin(good, axis=1))
+    return _PROBE_T_NM[first_bad]
+
+
+def _fit_tube(canvas, centre, axis, side, bend, length, radius, home, new_id):
+    """Draw the bent tube as ``new_id`` where it fits, shrinking it (up to four tries) where not.
+
+    Returns ``(params, n_voxels)`` of the drawn mitochondrion, or None.
+    """
+    for _shrink in range(4):
+        pts = _bent_axis_points(centre, axis, side, bend, length)
+        # cheap rejection first: the axis must not run through another mitochondrion
+        if not _axis_blocked(canvas, pts):
             pts = pts.astype(np.float32)
-            lo = np.floor((pts.min(0) - radius - gap_nm) / vs).astype(int)
-            hi = np.ceil((pts.max(0) + radius + gap_nm) / vs).astype(int) + 1
-            lo = np.maximum(lo, 0)
-            hi = np.minimum(hi, shape)
-            if np.any(hi <= lo):
-                break
-            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-            pz = coords[0][sl[0], None, None]
-            py = coords[1][None, sl[1], None]
-            px = coords[2][None, None, sl[2]]
-            dist = np.minimum.reduce([_segment_distance(pz, py, px, pts[i], pts[i + 1]) for i in range(3)])
-            depth = (radius - dist).astype(np.float32)
+            sl = _tube_window(canvas, pts, radius)
+            if sl is None:
+                return None
+            depth = _tube_depth(canvas, sl, pts, radius)
             mask = depth > 0
-            ok = (
-                mask.any()
-                and not np.any(instances[sl][depth > -gap_nm])
-                and (not confine or np.all(cell_id[sl][mask] == home))
-                and (not confine or np.all(face[sl][mask] > 12.0))
-                and (nuc_sdf is None or np.all(nuc_sdf[sl][mask] > 15.0))
-            )
-            if ok:
-                lab, n = ndimage.label(mask)
-                if n > 1:  # clipped by the field border into pieces: keep the largest
-                    sizes = np.bincount(lab.ravel())[1:]
-                    mask = lab == (1 + int(np.argmax(sizes)))
-                new_id = len(params) + 1
-                instances[sl][mask] = new_id
-                depth_map[sl][mask] = depth[mask]
-                drawn += int(mask.sum())
-                params.append({"id": new_id, "centre": centre, "axis": axis, "slices": sl, "radius": radius})
-                break
-            length *= 0.7
-            radius *= 0.85
-    return instances, depth_map, params
+            if _tube_fits(canvas, sl, depth, mask, home):
+                mask = _largest_component(mask)
+                canvas.instances[sl][mask] = new_id
+                canvas.depth_map[sl][mask] = depth[mask]
+                params = {"id": new_id, "centre": centre, "axis": axis, "slices": sl, "radius": radius}
+                return params, int(mask.sum())
+        length *= 0.7
+        radius *= 0.85
+    return None
+
+
+def _bent_axis_points(centre, axis, side, bend, length):
+    """The four points (nm) of the bent axis: three segments bowed by ``bend`` towards ``side``."""
+    ts = np.array([-0.5, -1 / 6, 1 / 6, 0.5])
+    return centre + ts[:, None] * length * axis + (bend * length * (1 - 4 * ts**2))[:, None] * side
+
+
+def _axis_blocked(canvas, pts):
+    """Whether the straight line between the end points runs through another mitochondrion."""
+    line = pts[0] + np.linspace(0, 1, 24)[:, None] * (pts[-1] - pts[0])
+    ij = np.minimum(np.maximum(np.floor(line / canvas.vs).astype(int), 0), np.array(canvas.shape) - 1)
+    return bool(np.any(canvas.instances[tuple(ij.T)]))
+
+
+def _tube_window(canvas, pts, radius):
+    """Slices of the tube's bounding box plus the gap, clipped to the field; None if empty."""
+    lo = np.floor((pts.min(0) - radius - _MITO_GAP_NM) / canvas.vs).astype(int)
+    hi = np.ceil((pts.max(0) + radius + _MITO_GAP_NM) / canvas.vs).astype(int) + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, canvas.shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def _tube_depth(canvas, sl, pts, radius):
+    """Depth (nm) below the tube surface in window ``sl``: ``radius`` minus the axis distance."""
+    pz = canvas.coords[0][sl[0], None, None]
+    py = canvas.coords[1][None, sl[1], None]
+    px = canvas.coords[2][None, None, sl[2]]
+    dist = np.minimum.reduce([_segment_distance(pz, py, px, pts[i], pts[i + 1]) for i in range(3)])
+    return (radius - dist).astype(np.float32)
+
+
+def _tube_fits(canvas, sl, depth, mask, home):
+    """Whether the tube ``mask`` is non-empty, keeps the gap to other mitochondria, stays in cell
+    ``home`` clear of its membrane (unless ``home`` is None) and clear of the nucleus."""
+    return (
+        mask.any()
+        and not np.any(canvas.instances[sl][depth > -_MITO_GAP_NM])
+        and (home is None or np.all(canvas.cell_id[sl][mask] == home))
+        and (home is None or np.all(canvas.face[sl][mask] > 12.0))
+        and (canvas.nuc_sdf is None or np.all(canvas.nuc_sdf[sl][mask] > 15.0))
+    )
+
+
+def _largest_component(mask):
+    """``mask`` itself, or its largest 6-connected piece when the field border clipped it into several."""
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        mask = lab == (1 + int(np.argmax(sizes)))
+    return mask
 
 
 def cristae(rng, shape, voxel_size, instances, params) -> np.ndarray:
