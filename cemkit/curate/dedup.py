@@ -86,30 +86,11 @@ def leader_cluster(hashes: np.ndarray, max_distance: int = 12, order: np.ndarray
     for start in range(0, n, block_size):
         idx = order[start:start + block_size]
         hb = h[idx]
-        owner = np.full(len(idx), -1, dtype=np.int64)  # position in the exemplar list
-        pending = np.arange(len(idx))
-        for c0 in range(0, n_ex, exemplar_chunk):
-            if len(pending) == 0:
-                break
-            c1 = min(n_ex, c0 + exemplar_chunk)
-            close = np.bitwise_count(hb[pending, None] ^ ex_hash[None, c0:c1]) <= max_distance
-            hit = close.any(axis=1)
-            owner[pending[hit]] = c0 + close[hit].argmax(axis=1)  # earliest exemplar wins
-            pending = pending[~hit]
+        owner, pending = _claim_by_exemplars(hb, ex_hash[:n_ex], max_distance, exemplar_chunk)
         if len(pending):
             # resolve the unclaimed patches of this block among themselves, in visiting order
             hp = hb[pending]
-            upper = np.triu(np.bitwise_count(hp[:, None] ^ hp[None, :]) <= max_distance, 1)
-            local = np.arange(len(pending))  # local owner: the candidate that leads its group
-            claimed = np.zeros(len(pending), bool)
-            # only candidates with a close neighbour inside the block need the sequential scan
-            for k in np.flatnonzero(upper.any(axis=1) | upper.any(axis=0)).tolist():
-                if claimed[k]:
-                    continue
-                claim = upper[k] & ~claimed
-                local[claim] = k
-                claimed |= claim
-            leaders = np.flatnonzero(~claimed)  # in visiting order = exemplar creation order
+            local, leaders = _block_leaders(hp, max_distance)
             ids = np.empty(len(pending), np.int64)
             ids[leaders] = n_ex + np.arange(len(leaders))
             ex_hash[n_ex:n_ex + len(leaders)] = hp[leaders]
@@ -119,6 +100,54 @@ def leader_cluster(hashes: np.ndarray, max_distance: int = 12, order: np.ndarray
         group[idx] = ex_index[owner]
     exemplar = group == np.arange(n)
     return DedupResult(group=group, exemplar=exemplar)
+
+
+def _claim_by_exemplars(hb: np.ndarray, ex_hash: np.ndarray, max_distance: int,
+                        exemplar_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Match a block of hashes against the exemplars found so far, ``exemplar_chunk`` at a time.
+
+    Returns
+    -------
+    owner : np.ndarray
+        ``(len(hb),)`` int64: position in ``ex_hash`` of the earliest exemplar within
+        ``max_distance`` of each patch, -1 where none is.
+    pending : np.ndarray
+        Positions in the block of the patches no exemplar claims, in visiting order.
+    """
+    owner = np.full(len(hb), -1, dtype=np.int64)
+    pending = np.arange(len(hb))
+    for c0 in range(0, len(ex_hash), exemplar_chunk):
+        if len(pending) == 0:
+            break
+        c1 = min(len(ex_hash), c0 + exemplar_chunk)
+        close = np.bitwise_count(hb[pending, None] ^ ex_hash[None, c0:c1]) <= max_distance
+        hit = close.any(axis=1)
+        owner[pending[hit]] = c0 + close[hit].argmax(axis=1)  # earliest exemplar wins
+        pending = pending[~hit]
+    return owner, pending
+
+
+def _block_leaders(hp: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Leader clustering of unclaimed hashes among themselves, in visiting order.
+
+    Returns
+    -------
+    local : np.ndarray
+        For each hash, the position (in ``hp``) of the leader of its group.
+    leaders : np.ndarray
+        Positions of the leaders, in visiting order (= exemplar creation order).
+    """
+    upper = np.triu(np.bitwise_count(hp[:, None] ^ hp[None, :]) <= max_distance, 1)
+    local = np.arange(len(hp))
+    claimed = np.zeros(len(hp), bool)
+    # only candidates with a close neighbour inside the block need the sequential scan
+    for k in np.flatnonzero(upper.any(axis=1) | upper.any(axis=0)).tolist():
+        if claimed[k]:
+            continue
+        claim = upper[k] & ~claimed
+        local[claim] = k
+        claimed |= claim
+    return local, np.flatnonzero(~claimed)
 
 
 def first_occurrence(result: DedupResult) -> DedupResult:

@@ -101,7 +101,27 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = 0.5, *, label
     empty = np.zeros(0, dtype=np.int64)
     if n_pred == 0 or n_gt == 0:
         return InstanceMatches(empty, empty, np.zeros(0), n_pred, n_gt, iou_threshold)
+    gi, pj, iou = _candidate_pairs(p, g, pred_area, gt_area, iou_threshold)
+    if iou.size == 0:
+        return InstanceMatches(empty, empty, np.zeros(0), n_pred, n_gt, iou_threshold)
+    matched_pred, matched_gt, ious = _best_assignment(gi, pj, iou, iou_threshold)
+    return InstanceMatches(
+        pred_ids=matched_pred if p_map is None else p_map[matched_pred],
+        gt_ids=matched_gt if g_map is None else g_map[matched_gt],
+        ious=ious,
+        n_pred=n_pred,
+        n_gt=n_gt,
+        iou_threshold=iou_threshold,
+    )
 
+
+def _candidate_pairs(p: np.ndarray, g: np.ndarray, pred_area: np.ndarray, gt_area: np.ndarray,
+                     iou_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(gt id, pred id, IoU)`` of the overlapping pairs with IoU >= ``iou_threshold``.
+
+    ``p`` and ``g`` are the flat compact labels, ``pred_area`` / ``gt_area`` their voxel counts;
+    the intersections come from their sparse contingency table.
+    """
     both = (p != 0) & (g != 0)
     inter = sparse.coo_array(
         (np.ones(int(both.sum()), dtype=np.int64), (g[both], p[both])),
@@ -112,11 +132,16 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = 0.5, *, label
     gi, pj, n_ij = coo.row, coo.col, coo.data.astype(np.float64)
     iou = n_ij / (gt_area[gi] + pred_area[pj] - n_ij)
     keep = iou >= iou_threshold
-    gi, pj, iou = gi[keep], pj[keep], iou[keep]
-    if iou.size == 0:
-        return InstanceMatches(empty, empty, np.zeros(0), n_pred, n_gt, iou_threshold)
+    return gi[keep], pj[keep], iou[keep]
 
-    # Assignment on the (small) sub-matrix of candidate instances only.
+
+def _best_assignment(gi: np.ndarray, pj: np.ndarray, iou: np.ndarray,
+                     iou_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one assignment of the candidate pairs with the largest summed IoU.
+
+    Solved on the (small) sub-matrix of candidate instances only. Returns the matched
+    ``(pred ids, gt ids, ious)``, sorted by ground-truth id.
+    """
     g_ids, g_idx = np.unique(gi, return_inverse=True)
     p_ids, p_idx = np.unique(pj, return_inverse=True)
     weights = np.zeros((g_ids.size, p_ids.size))
@@ -125,16 +150,7 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = 0.5, *, label
     chosen = weights[rows, cols]
     ok = chosen >= iou_threshold  # the assignment may pair leftovers at weight 0
     order = np.argsort(g_ids[rows[ok]], kind="stable")
-    matched_pred = p_ids[cols[ok]][order]
-    matched_gt = g_ids[rows[ok]][order]
-    return InstanceMatches(
-        pred_ids=matched_pred if p_map is None else p_map[matched_pred],
-        gt_ids=matched_gt if g_map is None else g_map[matched_gt],
-        ious=chosen[ok][order],
-        n_pred=n_pred,
-        n_gt=n_gt,
-        iou_threshold=iou_threshold,
-    )
+    return p_ids[cols[ok]][order], g_ids[rows[ok]][order], chosen[ok][order]
 
 
 def object_scores(pred_labels, gt_labels, iou_threshold: float = 0.5, *, label_components: bool = False,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,31 +213,55 @@ def split_objects(labels, table: dict[str, np.ndarray], voxel_size: Any = None, 
         raise ValueError(f"{n_old} objects are too many to split in a uint32 labelling")
     shape = tuple(int(d) for d in labels.shape)
     lo, hi = _split_windows(table, shape)
-    order = np.argsort(lo[:, 0], kind="stable")
     next_id = n_old  # pieces are numbered above every original id until the renumbering pass
-    i = 0
-    while i < len(order):
-        first, end = lo[order[i], 0], hi[order[i], 0]
-        j = i + 1
-        while j < len(order) and max(end, hi[order[j], 0]) - first <= max(slab_size, end - first):
-            end = max(end, hi[order[j], 0])
-            j += 1
-        bz0, bz1 = int(first), int(end)
+    for members, bz0, bz1 in _object_bands(lo[:, 0], hi[:, 0], slab_size):
         band = np.asarray(labels[bz0:bz1])
-        for k in order[i:j]:
+        for k in members:
             window = (slice(int(lo[k, 0]) - bz0, int(hi[k, 0]) - bz0),
                       *(slice(int(lo[k, a]), int(hi[k, a])) for a in (1, 2)))
             crop = band[window]  # a view: the pieces are written into the band
-            obj = crop == ids[k]
-            pieces = split_touching(obj, voxel_size, h=h, connectivity=connectivity, min_size=min_size)[obj]
-            crop[obj] = np.where(pieces > 0, pieces.astype(np.int64) + next_id, 0).astype(crop.dtype)
-            next_id += int(pieces.max(initial=0))
+            next_id = _split_one(crop, ids[k], next_id, voxel_size, h, connectivity, min_size)
         labels[bz0:bz1] = band
+    _shift_down(labels, n_old, shape[0], slab_size)
+    return next_id - n_old
+
+
+def _object_bands(z_lo: np.ndarray, z_hi: np.ndarray, slab_size: int):
+    """Group the objects, in order of their first plane, into bands of about ``slab_size`` planes.
+
+    Yields ``(objects, z0, z1)``: the object indices of one band and the ``[z0, z1)`` planes they
+    span. A band grows while its depth stays within ``slab_size`` (or within the depth of its
+    first object, when that one is deeper).
+    """
+    order = np.argsort(z_lo, kind="stable")
+    i = 0
+    while i < len(order):
+        first, end = z_lo[order[i]], z_hi[order[i]]
+        j = i + 1
+        while j < len(order) and max(end, z_hi[order[j]]) - first <= max(slab_size, end - first):
+            end = max(end, z_hi[order[j]])
+            j += 1
+        yield order[i:j], int(first), int(end)
         i = j
-    for z0, z1 in slab_ranges(shape[0], slab_size):
+
+
+def _split_one(crop: np.ndarray, obj_id: int, next_id: int, voxel_size: Any, h: float, connectivity: int,
+               min_size: int) -> int:
+    """Split object ``obj_id`` of ``crop`` in place into pieces ``next_id + 1, ...`` (too small ones -> 0).
+
+    Returns the new ``next_id`` (the highest piece id used).
+    """
+    obj = crop == obj_id
+    pieces = split_touching(obj, voxel_size, h=h, connectivity=connectivity, min_size=min_size)[obj]
+    crop[obj] = np.where(pieces > 0, pieces.astype(np.int64) + next_id, 0).astype(crop.dtype)
+    return next_id + int(pieces.max(initial=0))
+
+
+def _shift_down(labels, n_old: int, depth: int, slab_size: int) -> None:
+    """Renumber in place, slab by slab: ids above ``n_old`` become ``id - n_old``, the rest 0."""
+    for z0, z1 in slab_ranges(depth, slab_size):
         lab = np.asarray(labels[z0:z1])
         labels[z0:z1] = np.where(lab > n_old, lab - n_old, 0).astype(lab.dtype)
-    return next_id - n_old
 
 
 def _split_windows(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -281,44 +306,69 @@ def object_table(labels, slab_size: int = 32, probabilities=None, prob_scale: fl
     if count is None:
         count = max((int(np.asarray(labels[z0:z1]).max(initial=0)) for z0, z1 in slab_ranges(depth, slab_size)),
                     default=0)
-    n = count + 1
-    voxels = np.zeros(n, np.int64)
-    sums = np.zeros((3, n), np.float64)
-    prob_sum = np.zeros(n, np.float64)
-    lo = np.full((3, n), np.iinfo(np.int64).max)
-    hi = np.full((3, n), -1, np.int64)
+    sums = _ObjectSums.empty(count + 1)
     for z0, z1 in slab_ranges(depth, slab_size):
         lab = np.asarray(labels[z0:z1])
         nz = np.nonzero(lab)
         if not nz[0].size:
             continue
-        ids = lab[nz].astype(np.int64)
-        coords = [nz[0] + z0, nz[1], nz[2]]
-        voxels += np.bincount(ids, minlength=n)
-        for a in range(3):
-            sums[a] += np.bincount(ids, weights=coords[a], minlength=n)
+        p = None
         if probabilities is not None:
             p = np.asarray(probabilities[z0:z1])[nz].astype(np.float64) * prob_scale
-            prob_sum += np.bincount(ids, weights=p, minlength=n)
+        sums.add(lab[nz].astype(np.int64), [nz[0] + z0, nz[1], nz[2]], p)
+    return sums.table(with_probability=probabilities is not None)
+
+
+@dataclass
+class _ObjectSums:
+    """Running per-object sums of :func:`object_table` (index = object id, 0 unused)."""
+
+    voxels: np.ndarray
+    sums: np.ndarray
+    prob_sum: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _ObjectSums:
+        """Zero sums for ids ``0..n-1``."""
+        return cls(voxels=np.zeros(n, np.int64), sums=np.zeros((3, n), np.float64), prob_sum=np.zeros(n, np.float64),
+                   lo=np.full((3, n), np.iinfo(np.int64).max), hi=np.full((3, n), -1, np.int64))
+
+    def add(self, ids: np.ndarray, coords: list[np.ndarray], prob: np.ndarray | None) -> None:
+        """Add foreground voxels: their ids, (z, y, x) coordinates and probabilities (or None)."""
+        n = len(self.voxels)
+        self.voxels += np.bincount(ids, minlength=n)
+        for a in range(3):
+            self.sums[a] += np.bincount(ids, weights=coords[a], minlength=n)
+        if prob is not None:
+            self.prob_sum += np.bincount(ids, weights=prob, minlength=n)
+        self._extend_boxes(ids, coords)
+
+    def _extend_boxes(self, ids: np.ndarray, coords: list[np.ndarray]) -> None:
+        """Grow the bounding boxes (inclusive ``lo``, ``hi``) to the voxels given."""
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
         uid = sorted_ids[starts]
         for a in range(3):
             c = coords[a][order]
-            lo[a, uid] = np.minimum(lo[a, uid], np.minimum.reduceat(c, starts))
-            hi[a, uid] = np.maximum(hi[a, uid], np.maximum.reduceat(c, starts))
-    present = np.flatnonzero(voxels[1:] > 0) + 1
-    v = voxels[present]
-    table = {"id": present, "voxels": v}
-    for a, name in enumerate("zyx"):
-        table[f"centroid_{name}"] = sums[a, present] / v
-    for a, name in enumerate("zyx"):
-        table[f"bbox_{name}0"] = lo[a, present]
-    for a, name in enumerate("zyx"):
-        table[f"bbox_{name}1"] = hi[a, present] + 1
-    table["mean_probability"] = prob_sum[present] / v if probabilities is not None else np.full(len(v), np.nan)
-    return {k: table[k] for k in TABLE_COLUMNS}
+            self.lo[a, uid] = np.minimum(self.lo[a, uid], np.minimum.reduceat(c, starts))
+            self.hi[a, uid] = np.maximum(self.hi[a, uid], np.maximum.reduceat(c, starts))
+
+    def table(self, with_probability: bool) -> dict[str, np.ndarray]:
+        """The :data:`TABLE_COLUMNS` of the objects present (``mean_probability`` NaN without probabilities)."""
+        present = np.flatnonzero(self.voxels[1:] > 0) + 1
+        v = self.voxels[present]
+        table = {"id": present, "voxels": v}
+        for a, name in enumerate("zyx"):
+            table[f"centroid_{name}"] = self.sums[a, present] / v
+        for a, name in enumerate("zyx"):
+            table[f"bbox_{name}0"] = self.lo[a, present]
+        for a, name in enumerate("zyx"):
+            table[f"bbox_{name}1"] = self.hi[a, present] + 1
+        table["mean_probability"] = self.prob_sum[present] / v if with_probability else np.full(len(v), np.nan)
+        return {k: table[k] for k in TABLE_COLUMNS}
 
 
 def write_table_csv(path: str | Path, table: dict[str, np.ndarray], voxel_size: Any = None) -> Path:
