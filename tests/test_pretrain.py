@@ -20,6 +20,7 @@ from cemkit.pretrain.data import PretrainDataModule, TwoViewDataset, open_source
 from cemkit.pretrain.export import export_encoder
 from cemkit.pretrain.moco import MoCoV2, enqueue, infonce_loss
 from cemkit.pretrain.module import MoCoModule
+from tiny_pretrain_config import data_settings
 from tiny_pretrain_config import pretrain_cfg as _cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +65,7 @@ def styled_images(tmp_path_factory):
 def trained(styled_images):
     """12 MoCo steps (resnet10t, 64 px, batch 8, K = 56, m = 0.9, lr 0.01) with everything recorded."""
     pl.seed_everything(0, verbose=False)
-    source = open_source({"images": str(styled_images), "tile_size": 64})
+    source = open_source(data_settings(images=str(styled_images), tile_size=64))
     aug = _cfg("/tmp/unused", styled_images, "augment.rotate.p=0", "augment.crop.scale=[0.5,1.0]",
                "augment.jitter.p=0", "augment.blur.p=0", "augment.noise.p=0").augment
     steps = 12
@@ -84,7 +85,7 @@ def test_few_steps_reduce_the_loss_on_synthetic_views(styled_images):
     """Gradient steps on the query encoder lower the InfoNCE loss of the batch they were computed on
     (queue and key encoder held fixed, so the loss is a fixed function of the query weights)."""
     torch.manual_seed(0)
-    source = open_source({"images": str(styled_images), "tile_size": 64})
+    source = open_source(data_settings(images=str(styled_images), tile_size=64))
     aug = _cfg("/tmp/unused", styled_images).augment
     views = torch.stack([TwoViewDataset(source.patches, TwoViewTransform(aug, 64, source.mean, source.std),
                                         seed=0)[i] for i in range(8)])
