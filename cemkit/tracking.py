@@ -83,6 +83,13 @@ def refuse_stage_trainer_options(trainer_cfg: DictConfig | dict, fixed: dict[str
                           + ". Remove the override.")
 
 
+def csv_metrics_path(logger) -> Path | None:
+    """The ``metrics.csv`` a Lightning ``CSVLogger`` writes, or ``None`` for another logger (or none)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    return Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+
+
 def is_wandb(logger) -> bool:
     return type(logger).__name__ == "WandbLogger"
 

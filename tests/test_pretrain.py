@@ -167,6 +167,20 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, synthetic_images):
     assert (straight / "encoder.pth").is_file() and (straight / "images" / "pretrain_view_pairs.png").is_file()
 
 
+def test_a_resumed_run_keeps_the_metrics_rows_of_the_steps_before_the_resume(tmp_path, synthetic_images):
+    import csv
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run(_cfg(out, synthetic_images, "logger=csv", "view_pairs=0"), extra_callbacks=[_StopAt(3)])
+    run(_cfg(out, synthetic_images, "logger=csv", "view_pairs=0", "ckpt_path=last",
+             "checkpoint_every_n_steps=2"))
+    with open(out / "logs" / "metrics.csv", newline="") as fh:
+        steps = [int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")]
+    # steps 0-2 logged before the interruption (resumed from the step-2 checkpoint), 2-3 after it: each once
+    assert steps == [0, 1, 2, 3]
+
+
 def test_export_writes_a_loadable_encoder(tmp_path, synthetic_images):
     out = tmp_path / "run"
     run(_cfg(out, synthetic_images, "trainer.max_steps=2", "view_pairs=0"))

@@ -19,6 +19,7 @@ def plain(cfg: Any) -> Any:
     """A resolved plain-python copy of a config node (for checkpoints loaded with weights_only)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
+
 def build_model(cfg: DictConfig, frames: int, init: InitSource, encoder_named: bool | None = None):
     """Create the segmenter for ``frames`` from ``cfg.model`` and the resolved ``model.init``.
 

@@ -26,11 +26,14 @@ from cemkit.finetune.build import build_model, build_module, freeze, plain
 from cemkit.finetune.data import check_global_batch
 from cemkit.finetune.initialization import resolve_init
 from cemkit.finetune.inputs import FinetuneData, build_loaders, input_norms
-from cemkit.io.atomic import atomic_path, atomic_write_json
+from cemkit.io.atomic import atomic_write_json
+from cemkit.io.csv_rows import rows_kept
 
 log = logging.getLogger(__name__)
 
+
 RESULT_FILE = "result.json"
+
 
 # Trainer options finetune sets itself: a run is counted in optimizer steps (trainer.max_steps or
 # trainer.max_time) and validated every val.every steps. Another value in the config is refused
@@ -116,7 +119,7 @@ def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from cemkit.finetune.callbacks import RankFailureReport, ResumePointCheckpoint
-    from cemkit.tracking import build_trainer
+    from cemkit.tracking import build_trainer, csv_metrics_path
 
     d = cfg.data
     # best.ckpt is the model (weights, config, norms: a third of the size); last.ckpt is the resume point.
@@ -131,9 +134,6 @@ def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: 
                                     monitor=None, save_top_k=1, auto_insert_metric_name=False,
                                     enable_version_counter=False, save_on_train_epoch_end=False)
     logger = _logger_for(cfg.logger, out_dir, f"{frames}fm")
-    csv_path = _csv_metrics_path(logger)
-    # Lightning's CSV logger deletes an existing metrics.csv: keep the rows written before a resume
-    prior_rows = _read_csv(csv_path) if resume and csv_path is not None else []
     roles: dict[str, Any] = {"best": ckpt_cb, "last": last_cb}
     callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport()]
     if budget_s is not None:
@@ -145,18 +145,18 @@ def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: 
         from pytorch_lightning.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
-                            max_steps=total, max_time=None,  # the budget plans max_steps (TimeBudget)
-                            **STAGE_TRAINER_OPTIONS, use_distributed_sampler=False,
-                            log_every_n_steps=min(int(cfg.trainer.log_every_n_steps), val_every))
-    check_global_batch(int(d.batch_size), trainer.world_size)
-    loaders.sampler.accumulate = int(trainer.accumulate_grad_batches)
-    loaders.sampler.position = lambda: trainer.global_step
-    # max_steps (not epochs) ends the run: Lightning counts the epoch of a checkpoint written at the
-    # end-of-epoch validation once more after a resume, so an epoch limit would stop it early
-    trainer.fit(module, loaders.train, loaders.val, ckpt_path=resume)
-    if prior_rows:
-        _prepend_csv_rows(csv_path, prior_rows)
+    # Lightning's CSV logger replaces metrics.csv: the rows of the steps before a resume are read now, put back after
+    with rows_kept(csv_metrics_path(logger), keep=resume is not None):
+        trainer = build_trainer(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir),
+                                max_steps=total, max_time=None,  # the budget plans max_steps (TimeBudget)
+                                **STAGE_TRAINER_OPTIONS, use_distributed_sampler=False,
+                                log_every_n_steps=min(int(cfg.trainer.log_every_n_steps), val_every))
+        check_global_batch(int(d.batch_size), trainer.world_size)
+        loaders.sampler.accumulate = int(trainer.accumulate_grad_batches)
+        loaders.sampler.position = lambda: trainer.global_step
+        # max_steps (not epochs) ends the run: Lightning counts the epoch of a checkpoint written at the
+        # end-of-epoch validation once more after a resume, so an epoch limit would stop it early
+        trainer.fit(module, loaders.train, loaders.val, ckpt_path=resume)
     return trainer, roles
 
 
@@ -174,11 +174,13 @@ def _logger_for(logger_cfg: DictConfig | None, out_dir: Path, run_name: str):
         cfg["name"] = f"{cfg.get('name') or 'finetune'}-{run_name}"
     return build_logger(cfg)
 
+
 def _last_every(cfg: DictConfig) -> int:
     every = cfg.val.last_every
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"val.last_every must be a positive integer (validations between resume points), got {every!r}")
     return every
+
 
 def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
     if spec in (None, "", "none"):
@@ -195,6 +197,7 @@ def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
         raise InputError(f"{path}: ckpt_path not found")
     return str(path)
 
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX): without them bf16 autocast is slower
     than float32."""
@@ -203,6 +206,7 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
 
 def warn_about_the_cpu(cfg: DictConfig, budget_s: float | None) -> None:
     """Warn when a CPU run's settings were made for another machine (bf16 without bf16 units, fewer cores)."""
@@ -219,6 +223,7 @@ def warn_about_the_cpu(cfg: DictConfig, budget_s: float | None) -> None:
         log.warning("%d CPU core: the presets are tuned for 2; the time budget (%.0f s) still holds, with about "
                     "half the steps, so expect a lower accuracy", cores, budget_s)
 
+
 def _validation_fraction(val_ds, train_pixels_per_block: int) -> float:
     """A first guess of one validation's time as a fraction of a block's training time: a forward pass
     costs about a third of a training step per pixel (replaced by the measured block after the first
@@ -226,7 +231,9 @@ def _validation_fraction(val_ds, train_pixels_per_block: int) -> float:
     pixels = sum(h * w for _, _, _, _, h, w in getattr(val_ds, "items", []))
     return pixels / max(1, train_pixels_per_block) / 3.0
 
+
 RESUME_KEYS = ("seed", "trainer.max_steps", "val.every", "data.batch_size", "data.crop", "optim")
+
 
 def _check_resumable(path: str, cfg: DictConfig) -> None:
     """A resumed run must keep the settings that define its steps, patches and schedule."""
@@ -245,34 +252,10 @@ def _check_resumable(path: str, cfg: DictConfig) -> None:
         raise ConfigError(f"{path}: this run was started with {', '.join(diffs)}; resume with the same settings "
                           "(or drop ckpt_path=last and use overwrite=true to start again)")
 
-def _csv_metrics_path(logger) -> Path | None:
-    from pytorch_lightning.loggers import CSVLogger
-
-    return Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-def _prepend_csv_rows(path: Path, prior: list[dict[str, str]]) -> None:
-    """Put the ``prior`` rows with a step before the first step of ``path``'s rows in front of them."""
-    import csv
-
-    new = _read_csv(path)
-    first = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
-    kept = [r for r in prior if first is None or (r.get("step") and int(float(r["step"])) < first)]
-    fields = list(dict.fromkeys([k for r in (*kept, *new) for k in r]))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows([*kept, *new])
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, obj, indent=2, default=str)
+
 
 def read_result(out_dir: Path | str) -> dict[str, Any] | None:
     """The result of a finished model run in ``out_dir`` (its ``result.json``: ``frames``, ``steps``,

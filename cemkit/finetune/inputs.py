@@ -28,6 +28,7 @@ from cemkit.finetune.data import (
     split_validation,
 )
 
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +39,7 @@ class FinetuneData:
     train: list[LabelledVolume]
     val: list[LabelledVolume]
     held_out: bool = True  # False: the validation slices are trained on too (data.val_slices=0)
+
 
 def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     """Read training (and validation) volumes; hold out the last ``data.val_slices`` labelled
@@ -63,6 +65,7 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     if fraction is not None and float(fraction) < 1.0:
         train = subsample_slices(train, float(fraction))
     return FinetuneData([train], [val], held_out)
+
 
 def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:
     """Keep an evenly spaced ``fraction`` of the labelled slices (at least one)."""
@@ -123,6 +126,7 @@ def _fraction(value: Any, key: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise ConfigError(f"{key} must be a fraction in [0, 1], got {value!r}")
     return v
+
 
 def _augmentation(d: DictConfig):
     photometric = d.photometric if d.photometric == "strong" else bool(d.photometric)

@@ -32,6 +32,7 @@ def frames_list(value: Any) -> list[int]:
         raise ConfigError(f"model.frames must be odd (1, 3, 5) or all, got {value!r}")
     return [f]
 
+
 def check_trainer_options(trainer_cfg: DictConfig) -> None:
     """Refuse a ``trainer.*`` value that finetune must control (see :data:`STAGE_TRAINER_OPTIONS`)."""
     from cemkit.tracking import refuse_stage_trainer_options
@@ -39,6 +40,7 @@ def check_trainer_options(trainer_cfg: DictConfig) -> None:
     refuse_stage_trainer_options(trainer_cfg, STAGE_TRAINER_OPTIONS, "finetune",
                                  "a run is counted in optimizer steps (trainer.max_steps or trainer.max_time) and "
                                  "validated every val.every steps")
+
 
 def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``.
@@ -75,7 +77,9 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
         previous = f
     return results
 
+
 TRUNK_FOLDER = "trunk"
+
 
 def trunk_settings(cfg: DictConfig) -> tuple[int, float]:
     """``(model.trunk.steps, model.trunk.lr_scale)``, checked (steps 0 = no trunk)."""
@@ -86,6 +90,7 @@ def trunk_settings(cfg: DictConfig) -> tuple[int, float]:
     if not scale > 0:
         raise ConfigError(f"model.trunk.lr_scale must be > 0, got {scale}")
     return steps, scale
+
 
 def frame_steps(spec: Any) -> dict[int, int]:
     """``model.frame_steps`` as ``{frames: steps}``: per-model step budgets that replace
@@ -106,11 +111,13 @@ def frame_steps(spec: Any) -> dict[int, int]:
         budgets[frames] = steps
     return budgets
 
+
 def with_max_steps(cfg: DictConfig, steps: int) -> DictConfig:
     """A copy of ``cfg`` with ``trainer.max_steps = steps``."""
     c = copy.deepcopy(cfg)
     c.trainer.max_steps = int(steps)
     return c
+
 
 def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
     """The config of the ``frames``-frame model that starts from the trunk.
@@ -129,6 +136,7 @@ def member_config(cfg: DictConfig, frames: int, lr_scale: float) -> DictConfig:
     m.optim.decoder_lr = float(cfg.optim.decoder_lr) * lr_scale
     return m
 
+
 def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
     """The finished model in ``folder`` (``best.ckpt``, else ``last.ckpt``) that the next model starts from."""
     from cemkit.models.checkpoint import checkpoint_in
@@ -137,6 +145,7 @@ def _start_checkpoint(folder: Path, what: str, setting: str) -> str:
     if found is None:
         raise InputError(f"{folder}: {setting} needs {what}'s best.ckpt or last.ckpt, found neither")
     return str(found)
+
 
 def summary_lines(results: dict[int, dict[str, Any]], out: Path | str) -> Sequence[str]:
     lines = [f"cemkit finetune -> {out}"]

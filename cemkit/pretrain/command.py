@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cemkit.errors import ConfigError, InputError
 from cemkit.io.atomic import atomic_write_text
+from cemkit.io.csv_rows import rows_kept
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
     import pytorch_lightning as pl
 
     from cemkit.pretrain.data import PretrainDataModule, open_source
+    from cemkit.tracking import build_logger, csv_metrics_path
 
     check_trainer_options(cfg.trainer)
     output = Path(cfg.output).expanduser()
@@ -210,23 +212,26 @@ def run(cfg: DictConfig, *, extra_callbacks: Sequence[Any] = ()) -> None:
         # built when training starts (the data module knows its rank then)
         module.queue_fill = functools.partial(datamodule.queue_fill_dataloader, int(cfg.moco.queue_size))
 
-    trainer = build_pretrain_trainer(cfg, output, steps, extra_callbacks)
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    logger = build_logger(cfg.logger)
+    # Lightning's CSV logger replaces metrics.csv: the rows of the steps before a resume are read now, put back after
+    with rows_kept(csv_metrics_path(logger), keep=ckpt_path is not None):
+        trainer = build_pretrain_trainer(cfg, output, steps, logger, extra_callbacks)
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         finish(output, trainer.global_step, export)
 
 
-def build_pretrain_trainer(cfg: DictConfig, output: Path, steps: int, extra_callbacks: Sequence[Any] = ()):
-    """The Lightning trainer of a run of ``steps`` steps: logger (with the resolved config as hyperparameters),
-    the last-checkpoint, view-pair and queue callbacks, DDP without buffer broadcast; writes
-    ``output/config.yaml`` (rank 0)."""
+def build_pretrain_trainer(cfg: DictConfig, output: Path, steps: int, logger=None,
+                           extra_callbacks: Sequence[Any] = ()):
+    """The Lightning trainer of a run of ``steps`` steps: ``logger`` (given the resolved config as
+    hyperparameters), the last-checkpoint, view-pair and queue callbacks, DDP without buffer broadcast;
+    writes ``output/config.yaml`` (rank 0)."""
     from cemkit.pretrain.checkpoints import LastCheckpoint
     from cemkit.pretrain.monitoring import QueueConsistencyCheck, ViewPairGrid
-    from cemkit.tracking import build_logger, build_trainer
+    from cemkit.tracking import build_trainer
 
-    logger = build_logger(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if logger is not None:
         logger.log_hyperparams(resolved)
