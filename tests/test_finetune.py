@@ -555,3 +555,15 @@ def test_val_slices_zero_trains_on_every_slice_and_keeps_the_final_model(tmp_pat
     best = torch.load(out / "1fm" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     last = torch.load(out / "1fm" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)  # the final model
+
+
+def test_plan_steps_rounds_the_run_up_to_whole_validation_blocks():
+    from cemkit.errors import ConfigError
+    from cemkit.finetune.fit import plan_steps
+
+    assert plan_steps(250, 100) == (100, 300)
+    assert plan_steps(300, 100) == (100, 300)
+    assert plan_steps(40, 100) == (40, 40)  # a run shorter than val.every validates once, at its end
+    assert plan_steps(5, 0) == (1, 5)
+    with pytest.raises(ConfigError, match="trainer.max_steps must be > 0"):
+        plan_steps(0, 100)

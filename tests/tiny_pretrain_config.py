@@ -11,5 +11,10 @@ def pretrain_cfg(output, images, *overrides):
 
 
 def data_settings(**given):
-    """A ``data`` node with every key ``open_source`` reads (conf/pretrain/data/default.yaml's values)."""
-    return {"corpus": None, "images": None, "tile_size": 224, "mean": None, "std": None, **given}
+    """``conf/pretrain/data/default.yaml`` (every key ``open_source`` reads) with ``given`` changed."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(files("cemkit.conf").joinpath("pretrain/data/default.yaml"))
+    return {**OmegaConf.to_container(node), **given}
