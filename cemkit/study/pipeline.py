@@ -42,6 +42,7 @@ class StudyPlan:
     labelled: dict[int, list[int]]               # count -> slices
     folds: list[tuple[list[int], list[int]]]     # (train, held out) per fold
     gap: int
+    keep: str                                    # what a finished run keeps (study.keep, checked)
     runs: list[RunSpec] = field(default_factory=list)
     fold_runs: list[RunSpec] = field(default_factory=list)
 
@@ -82,7 +83,7 @@ def plan_study(cfg: DictConfig, vol: StudyVolume) -> StudyPlan:
     keep = str(st.keep)
     if keep not in KEEP:
         raise ConfigError(f"study.keep must be one of {KEEP}, got {keep!r}")
-    return StudyPlan(inits, seeds, test, train, labelled, folds, gap)
+    return StudyPlan(inits, seeds, test, train, labelled, folds, gap, keep)
 
 
 def add_runs(plan: StudyPlan, vol: StudyVolume, out: Path) -> None:
@@ -116,15 +117,14 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     add_runs(plan, vol, out)
     for spec in plan.runs[:1] + plan.fold_runs[:1]:
         check_finetune_config(finetune_config(cfg, spec))
-    keep = str(st.keep)
     log.info("study: test slices %s (gap %d), training range %s; %d inits x %d counts %s x %d seeds = %d runs%s",
              sl.format_slices(plan.test), plan.gap, sl.format_slices(plan.train), len(plan.inits),
              len(plan.labelled), list(plan.labelled), len(plan.seeds), len(plan.runs),
              f", + {len(plan.fold_runs)} fold runs ({len(plan.folds)} folds)" if plan.folds else "")
 
     broken: dict[str, str] = {}
-    rows = _run_all(cfg, plan.runs, settings, keep, broken, out / "study.csv", STUDY_COLUMNS)
-    fold_rows = _run_all(cfg, plan.fold_runs, settings, keep, broken, out / "folds.csv", FOLD_COLUMNS) \
+    rows = _run_all(cfg, plan.runs, settings, plan.keep, broken, out / "study.csv", STUDY_COLUMNS)
+    fold_rows = _run_all(cfg, plan.fold_runs, settings, plan.keep, broken, out / "folds.csv", FOLD_COLUMNS) \
         if plan.fold_runs else []
     first = finetune_config(cfg, (plan.runs or plan.fold_runs)[0])
     report = write_report(out / "report.html", rows, fold_rows, plan_summary(plan, first, vol))
