@@ -39,6 +39,7 @@ class FinetuneData:
     train: list[LabelledVolume]
     val: list[LabelledVolume]
     held_out: bool = True  # False: the validation slices are trained on too (data.val_slices=0)
+    pixel_size_nm: float | None = None  # the yx pixel size the model trains at (recorded in its checkpoint/card)
 
 
 def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
