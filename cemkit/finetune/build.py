@@ -100,15 +100,26 @@ def build_loss(cfg: DictConfig) -> SegmentationLoss:
 
 
 def build_module(cfg: DictConfig, frames: int, model, init_value: Any, init: InitSource,
-                 norms: tuple[float, float], norms_source: str, total_steps: int, out_dir: Path):
+                 norms: tuple[float, float], norms_source: str, total_steps: int, out_dir: Path,
+                 pixel_size_nm: float | None = None):
     """The :class:`~cemkit.finetune.module.SegmentationModule` of one run, with the metadata its
-    checkpoints carry (frames, classes, norms, arch, init, crop, class names)."""
+    checkpoints carry (frames, classes, norms, arch, init, crop, class names, and ``pixel_size_nm``: the
+    yx pixel size of the training data in nm, or None when unknown; ``cemkit predict`` rescales new data
+    to it)."""
     from cemkit.finetune.module import SegmentationModule
 
     d = cfg.data
+    pixel_nm = None if pixel_size_nm is None else float(pixel_size_nm)
     meta = {"frames": frames, "num_classes": int(d.num_classes), "norms": [float(norms[0]), float(norms[1])],
             "arch": model.arch, "norms_source": norms_source, "init": str(init_value),
-            "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.class_names)}
-    hparams = {"config": plain(cfg), "frames": frames}
+            "init_kind": init.kind, "crop": int(d.crop), "class_names": plain(d.class_names),
+            "pixel_size_nm": pixel_nm}
+    hparams = {"config": plain(cfg), "frames": frames, "pixel_size_nm": pixel_nm}
+    if pixel_nm is None:
+        log.info("%dfm: the training data's pixel size is unknown (no metadata, data.voxel_size=null): the model "
+                 "records none, and predict feeds new data at its own pixel size", frames)
+    else:
+        log.info("%dfm: the model records a pixel size of %g nm (yx); predict rescales new data to it", frames,
+                 pixel_nm)
     return SegmentationModule(model, build_loss(cfg), meta, dict(plain(cfg.optim)), total_steps, hparams=hparams,
                               overlays=int(cfg.val.overlays), overlay_dir=out_dir / "overlays")

@@ -72,7 +72,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     log.info("%dfm: input norms mean %.4f std %.4f (from %s)", frames, norms[0], norms[1], norms_source)
     val_every, total = plan_steps(int(cfg.trainer.max_steps), int(cfg.val.every))
     loaders = build_loaders(cfg, frames, data, norms, val_every)
-    module = build_module(cfg, frames, model, init_value, init, norms, norms_source, total, out_dir)
+    module = build_module(cfg, frames, model, init_value, init, norms, norms_source, total, out_dir,
+                          pixel_size_nm=data.pixel_size_nm)
 
     trainer, callbacks = fit(cfg, module, loaders, out_dir, frames, data.held_out, resume, val_every, total,
                              budget_s, started)
@@ -81,7 +82,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
               "held_out_validation": data.held_out,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
               "history": module.history, "norms": list(norms), "init": str(init_value), "init_kind": init.kind,
-              "load_report": report, "frozen_modules": len(frozen), "arch": model.arch}
+              "load_report": report, "frozen_modules": len(frozen), "arch": model.arch,
+              "pixel_size_nm": data.pixel_size_nm}
     budget = callbacks.get("budget")
     if budget is not None:
         result["budget"] = {"seconds": budget.seconds, "step_seconds": budget.step_s, "planned_steps": budget.total,

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from cemkit.errors import InputError
+from cemkit.io.pixel_size import check_pixel_size
 from cemkit.models.checkpoint import checkpoint_in, load_segmenter
 from cemkit.models.references import is_reference, resolve_reference
 
@@ -24,7 +25,8 @@ class Segmenter:
 
     ``module(x)`` maps normalised ``(B, frames, H, W)`` input to logits ``(B, C, H, W)``; when it has
     ``predict_proba`` that gives the probabilities, otherwise a 1-channel output goes through a
-    sigmoid and a multi-channel output through a softmax.
+    sigmoid and a multi-channel output through a softmax. ``pixel_size_nm`` is the yx pixel size the
+    model was trained at (None: unknown; the input is then fed at its own pixel size).
     """
 
     module: torch.nn.Module
@@ -32,6 +34,7 @@ class Segmenter:
     norms: tuple[float, float] = (0.0, 1.0)
     name: str = "model"
     arch: str | None = None
+    pixel_size_nm: float | None = None
 
     def proba(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self.module, "predict_proba"):
@@ -40,7 +43,8 @@ class Segmenter:
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
     def describe(self) -> dict:
-        return {"name": self.name, "frames": self.frames, "norms": list(self.norms), "arch": self.arch}
+        return {"name": self.name, "frames": self.frames, "norms": list(self.norms), "arch": self.arch,
+                "pixel_size_nm": self.pixel_size_nm}
 
 
 def _as_list(spec) -> list[str]:
@@ -87,6 +91,20 @@ def resolve_checkpoints(spec: str | Iterable[str]) -> list[Path]:
     return paths
 
 
+def recorded_pixel_size(meta: dict, path: Path | str) -> float | None:
+    """The pixel size (nm) a checkpoint's ``meta`` records, checked; None for checkpoints without one.
+
+    Raises
+    ------
+    InputError
+        A recorded value that is not a plausible pixel size (names the file).
+    """
+    value = meta.get("pixel_size_nm")  # absent in checkpoints written before pixel sizes were recorded
+    if value is None:
+        return None
+    return check_pixel_size(value, f"checkpoint {path} (its recorded pixel_size_nm)", input_error=True)
+
+
 def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> list[Segmenter]:
     """Load checkpoints with :func:`cemkit.models.checkpoint.load_segmenter` onto ``device``."""
     models = []
@@ -100,6 +118,9 @@ def load_segmenters(paths: list[Path], device: torch.device | str = "cpu") -> li
         module = module.to(device).eval()
         norms = tuple(float(v) for v in (meta.get("norms") or (0.0, 1.0)))
         name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-        models.append(Segmenter(module, int(meta.get("frames", 1)), norms, name, meta.get("arch")))
-        logger.info("loaded %s (%s, %d frame(s))", path, models[-1].arch, models[-1].frames)
+        models.append(Segmenter(module, int(meta.get("frames", 1)), norms, name, meta.get("arch"),
+                                recorded_pixel_size(meta, path)))
+        nm = models[-1].pixel_size_nm
+        logger.info("loaded %s (%s, %d frame(s), trained at %s)", path, models[-1].arch, models[-1].frames,
+                    "an unknown pixel size" if nm is None else f"{nm:g} nm")
     return models

@@ -34,6 +34,7 @@ from cemkit.collective import together
 from cemkit.devices import select_device
 from cemkit.errors import ConfigError, InputError
 from cemkit.io.atomic import atomic_write_json
+from cemkit.io.pixel_size import pixel_size_of
 from cemkit.predict import devices
 from cemkit.predict.ensemble import METHODS, normalised_weights
 from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
@@ -48,6 +49,7 @@ from cemkit.predict.postprocess import (
     write_table_csv,
 )
 from cemkit.predict.progress import ProgressLog
+from cemkit.predict.rescale import model_scales
 from cemkit.predict.saved import SavedMapCombiner, open_saved_predictions, saved_record
 from cemkit.predict.streaming import SlabPredictor, TileSettings, run_slabs, slab_ranges
 from cemkit.predict.tiling import BLENDING_MODES
@@ -78,6 +80,8 @@ class PredictSettings:
     ensemble: str
     weights: list[float] | None
     orthoplane: bool
+    voxel_size: Any
+    rescale: bool
     threshold: float
     prob_dtype: str
     output_format: str
@@ -126,6 +130,8 @@ class PredictSettings:
             problems.append("batch_size and slab_size must be >= 1")
         if self.connectivity not in (1, 2, 3):
             problems.append(f"connectivity={self.connectivity} (1, 2 or 3)")
+        if not isinstance(self.rescale, bool):
+            problems.append(f"rescale={self.rescale!r} (true or false)")
         if problems:
             raise ConfigError("predict: bad settings: " + "; ".join(problems))
         if n_models is None:
@@ -221,6 +227,8 @@ class PredictionPlan:
     members: list[dict] | None      # predict.json records of the saved maps
     record_models: list[dict]
     channels: int
+    input_nm: float | None = None          # the input's yx pixel size (nm), None when unknown
+    scales: list[float | None] | None = None  # each model's yx zoom of the input (None: fed as is)
 
     @property
     def multi(self) -> bool:
@@ -267,6 +275,8 @@ def plan_prediction(input_path: str | Path, output: str | Path, checkpoint: Any 
             s.check(len(ckpts) if models is None else len(models))
         vol = open_volume(input_path, key=input_key)
         src = vol.as_uint8()
+        input_nm = pixel_size_of(vol, s.voxel_size, "voxel_size")
+        scales = None
         saved = members = None
         if predictions is not None:
             saved = open_saved_predictions(predictions, vol.shape)
@@ -287,11 +297,24 @@ def plan_prediction(input_path: str | Path, output: str | Path, checkpoint: Any 
                 paths = [None] * len(models)
             record_models = [_model_record(m, p) for m, p in zip(models, paths)]
             channels = output_channels(models, device)
+            scales = model_scales(input_nm, [m.pixel_size_nm for m in models], [m.name for m in models],
+                                  s.rescale, "voxel_size=" if s.voxel_size is not None else "the file's metadata")
+            _check_orthoplane_scales(s.orthoplane, scales)
         logger.info("input %s: shape %s, voxel size %s; %d %s, %d channel(s), device %s",
                     input_path, vol.shape, vol.voxel_size, len(members or record_models),
                     "saved prediction(s)" if predictions is not None else "model(s)", channels, device)
         return PredictionPlan(input_path, input_key, Path(output), s, info, device, vol, src,
-                              None if saved is not None else models, saved, members, record_models, channels)
+                              None if saved is not None else models, saved, members, record_models, channels,
+                              input_nm, scales)
+
+
+def _check_orthoplane_scales(orthoplane: bool, scales: Sequence[float | None]) -> None:
+    """Refuse ``orthoplane=true`` where a model needs the input rescaled: its xz and yz planes would need z
+    resampled too, which predict never does."""
+    if orthoplane and any(f is not None for f in scales):
+        raise ConfigError("orthoplane=true with a model trained at another pixel size than the input's: the xz "
+                          "and yz planes would need z resampled; use orthoplane=false, or rescale=false to feed "
+                          "the input at its own pixel size")
 
 
 def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dict[str, Any]]:
@@ -365,7 +388,7 @@ def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any
         predictor = SavedMapCombiner(plan.saved, s.ensemble, s.weights, s.threshold)
     else:
         predictor = SlabPredictor(plan.models, s.tile_settings(), plan.device, amp=s.amp, ensemble=s.ensemble,
-                                  weights=s.weights, threshold=s.threshold)
+                                  weights=s.weights, threshold=s.threshold, scales=plan.scales)
     stats: dict[str, Any] = {}
 
     def write_final(z0: int, z1: int, chw: np.ndarray) -> None:
@@ -527,6 +550,7 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
                   "voxel_size": list(vs) if vs else None},
         "models": plan.record_models, "predictions": plan.members, "settings": asdict(s), "device": str(plan.device),
         "world": info.world, "channels": plan.channels, "resumed": log.resumed,
+        "pixel_size": {"input_nm": plan.input_nm, "rescale": s.rescale, "scales": plan.scales},
         "timings": {"predict_s": round(predict_s, 3),
                     "voxels_per_s": round(depth * height * width * (3 if s.orthoplane else 1) / predict_s, 1)
                     if predict_s > 0 and not log.resumed else None,

@@ -19,6 +19,7 @@ from cemkit.models.frames import frame_indices as training_frame_indices
 from cemkit.models.frames import min_slices
 from cemkit.predict.ensemble import RunningEnsemble
 from cemkit.predict.models import Segmenter
+from cemkit.predict.rescale import to_input_grid, to_model_grid
 from cemkit.predict.tiling import (
     PlaneGeometry,
     blending_weights,
@@ -94,13 +95,20 @@ class SlabPredictor:
     normalisation; tiles of all planes of the slab are batched together through the model, each batch
     through all TTA variants, and blended into a per-slab accumulator that is normalised by the summed
     weights. Models are combined with :class:`~cemkit.predict.ensemble.RunningEnsemble`.
+
+    ``scales`` (one per model, None = as is) zoom the slab's planes in yx to a model's pixel size before it
+    runs; its probabilities are resampled back onto the input's grid (:mod:`cemkit.predict.rescale`).
     """
 
     def __init__(self, models: Sequence[Segmenter], settings: TileSettings, device: torch.device | str = "cpu",
-                 *, amp: bool, ensemble: str, threshold: float, weights: Sequence[float] | None = None):
+                 *, amp: bool, ensemble: str, threshold: float, weights: Sequence[float] | None = None,
+                 scales: Sequence[float | None] | None = None):
         if not models:
             raise ValueError("SlabPredictor needs at least one model")
         self.models = list(models)
+        self.scales = [None] * len(self.models) if scales is None else list(scales)
+        if len(self.scales) != len(self.models):
+            raise ValueError(f"SlabPredictor: {len(self.scales)} scales for {len(self.models)} models")
         self.settings = settings
         self.device = torch.device(device)
         self.amp = amp
@@ -129,7 +137,6 @@ class SlabPredictor:
     @torch.inference_mode()
     def predict_slab(self, source, z0: int, z1: int) -> np.ndarray:
         depth, height, width = (int(v) for v in source.shape[:3])
-        geom, wsum = self.geometry(height, width)
         t = self.settings.tile_size
         # one contiguous read covers the z halo of every plane of the slab (mirror-padded indices)
         needed = np.concatenate([frame_indices(z, depth, self.max_frames) for z in range(z0, z1)])
@@ -137,12 +144,18 @@ class SlabPredictor:
         block = np.asarray(source[lo:hi])
         if block.dtype != np.uint8:
             raise TypeError(f"predict expects uint8 planes, got {block.dtype}")
-        padded = reflect_pad(block, geom)
-        del block
-        positions = [(j, y, x) for j in range(z1 - z0) for (y, x) in geom.positions]
         ens = RunningEnsemble(len(self.models), self.ensemble, self.weights, self.threshold, class_axis=1)
         bs = max(1, int(self.settings.batch_size))
-        for model in self.models:
+        grids: dict[float | None, tuple] = {}  # the slab on a model grid: (padded planes, geometry, weight sum)
+        last = {factor: i for i, factor in enumerate(self.scales)}  # kept until the last model at that scale
+        for i, (model, factor) in enumerate(zip(self.models, self.scales)):
+            if factor not in grids:
+                planes = to_model_grid(block, factor)
+                geom, wsum = self.geometry(*planes.shape[-2:])
+                grids[factor] = (reflect_pad(planes, geom), geom, wsum)
+                del planes
+            padded, geom, wsum = grids.pop(factor) if last[factor] == i else grids[factor]
+            positions = [(j, y, x) for j in range(z1 - z0) for (y, x) in geom.positions]
             ctx = np.stack([frame_indices(z, depth, model.frames) - lo for z in range(z0, z1)])
             mean, std = (float(v) for v in model.norms)
             scale, shift = 1.0 / (255.0 * std), mean / std   # (x / 255 - mean) / std
@@ -161,7 +174,7 @@ class SlabPredictor:
                 for (j, y, x), pred in zip(batch, out):
                     acc[j, :, y:y + t, x:x + t] += pred
             acc /= wsum
-            ens.add(geom.crop(acc))
+            ens.add(geom.crop(acc) if factor is None else to_input_grid(geom.crop(acc), height, width))
             del acc
         return ens.result()
 
