@@ -1,4 +1,4 @@
-"""Batched dHash == imagehash.dhash, bit for bit, on every patch of the real EM data."""
+"""Batched dHash == imagehash.dhash, bit for bit, on every patch of the real EM data, by every exact path."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cemkit.curate import dhash_paths
 from cemkit.curate.dhash import (
     dhash_batch,
     dhash_bits,
@@ -14,7 +15,10 @@ from cemkit.curate.dhash import (
     hex_to_hash,
     resize_lanczos_u8,
 )
+from cemkit.curate.dhash_paths import PATHS, choose_path, float32_digits, resolve_path
 from cemkit.curate.patches import extract_patches
+from cemkit.errors import ConfigError
+from cemkit.hardware import CpuFeatures, cpu_features
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -27,8 +31,10 @@ def _real_images():
     return files
 
 
-def test_hash_equals_imagehash_on_every_real_patch():
-    n = 0
+@pytest.fixture(scope="module")
+def real_batches():
+    """``(file, batch, imagehash hex strings)`` for every batch of real patches (imagehash run once)."""
+    out = []
     for f in _real_images():
         image = np.asarray(Image.open(f).convert("L"))
         patches, _ = extract_patches(image, 224)  # incl. flush edge tiles and padded small images
@@ -39,11 +45,21 @@ def test_hash_equals_imagehash_on_every_real_patch():
             for shape in {r.shape for r in row}:
                 batches.append(np.stack([r for r in row if r.shape == shape]))
         for batch in batches:
-            ours = dhash_batch(batch, 8)
-            for h, p in zip(ours, batch):
-                assert hash_to_hex(h) == str(imagehash.dhash(Image.fromarray(p))), (f, p.shape)
-                n += 1
-    assert n > 1500
+            out.append((f, batch, [str(imagehash.dhash(Image.fromarray(p))) for p in batch]))
+    return out
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hash_equals_imagehash_on_every_real_patch(real_batches, path):
+    # int8 on a CPU without VNNI/AMX is torch's plain loop (~2 ms a patch): every 5th batch there
+    step = 5 if path == "int8" and choose_path(cpu_features()) != "int8" else 1
+    n = 0
+    for f, batch, refs in real_batches[::step]:
+        ours = dhash_batch(batch, 8, path=path)
+        for h, ref, p in zip(ours, refs, batch):
+            assert hash_to_hex(h) == ref, (f, p.shape, path)
+            n += 1
+    assert n > 1500 // step
 
 
 def test_bits_and_other_hash_sizes_match_imagehash():
@@ -62,14 +78,15 @@ def test_bits_and_other_hash_sizes_match_imagehash():
 
 @pytest.mark.parametrize("shape,out", [((224, 224), (9, 8)), ((100, 37), (9, 8)), ((40, 300), (17, 16)),
                                        ((8, 9), (9, 8)), ((500, 700), (33, 12))])
-def test_resize_equals_pil_lanczos(shape, out):
+@pytest.mark.parametrize("path", PATHS)
+def test_resize_equals_pil_lanczos(shape, out, path):
     rng = np.random.default_rng(sum(shape))
     imgs = rng.integers(0, 256, (5, *shape), dtype=np.uint8)
     imgs[0] = 0
     imgs[1] = 255  # saturated: exercises the clipping of both passes
     imgs[2, :, ::2] = 255
     imgs[2, :, 1::2] = 0  # maximal overshoot of the Lanczos lobes
-    ours = resize_lanczos_u8(imgs, *out)
+    ours = resize_lanczos_u8(imgs, *out, path=path)
     for a, b in zip(ours, imgs):
         np.testing.assert_array_equal(a, np.asarray(Image.fromarray(b).resize(out, Image.LANCZOS)))
 
@@ -80,3 +97,46 @@ def test_batch_size_does_not_change_hashes():
     np.testing.assert_array_equal(dhash_batch(imgs, batch_size=1), dhash_batch(imgs, batch_size=16))
     with pytest.raises(ValueError):
         dhash_batch(imgs, hash_size=9)
+
+
+@pytest.mark.parametrize("shape", [(224, 150), (150, 224), (37, 300), (300, 37), (9, 8), (17, 17)])
+def test_odd_sizes_hash_like_imagehash_on_every_path(shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    imgs = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+    imgs[0] = np.clip(np.add.outer(np.arange(shape[0]), np.arange(shape[1])) * 3, 0, 255)  # smooth ramp
+    refs = [str(imagehash.dhash(Image.fromarray(p))) for p in imgs]
+    for path in PATHS:
+        assert [hash_to_hex(h) for h in dhash_batch(imgs, 8, path=path)] == refs, (shape, path)
+
+
+def test_choose_path_follows_the_cpu():
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2", "avx512f", "avx512_vnni"})) == "int8"
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2", "amx_int8", "amx_tile"})) == "int8"
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2", "avx_vnni"})) == "int8"
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2", "avx512f"})) == "float32"
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2"})) == "float32"
+    assert choose_path(CpuFeatures.from_flags("x", {"avx2", "avx512_vnni"}), int8_available=False) == "float32"
+
+
+def test_resolve_path_argument_then_env_then_auto(monkeypatch):
+    monkeypatch.delenv(dhash_paths.ENV_VAR, raising=False)
+    assert resolve_path() == dhash_paths.auto_path() == choose_path(cpu_features(), dhash_paths.int8_gemm_available())
+    monkeypatch.setenv(dhash_paths.ENV_VAR, "float64")
+    assert resolve_path() == "float64"
+    assert resolve_path("float32") == "float32"  # the argument wins
+    assert resolve_path("auto") == dhash_paths.auto_path()
+    monkeypatch.setenv(dhash_paths.ENV_VAR, "fp16")
+    with pytest.raises(ConfigError, match="CEMKIT_DHASH_PATH.*fp16"):
+        resolve_path()
+    with pytest.raises(ConfigError, match="path argument.*int4"):
+        resolve_path("int4")
+
+
+def test_float32_digits_are_exact_for_the_dhash_sizes():
+    for in_size in (8, 9, 17, 37, 150, 224, 300, 1024):
+        for out_size in (8, 9):
+            mat, base = float32_digits(in_size, out_size)
+            hi, lo = mat[:, :out_size].astype(np.int64), mat[:, out_size:].astype(np.int64)
+            w = dhash_paths.resample_matrix(in_size, out_size).astype(np.int64)
+            np.testing.assert_array_equal(hi * base + lo, w)
+            assert 255 * max(np.abs(hi).sum(0).max(), np.abs(lo).sum(0).max()) < 2 ** 24
