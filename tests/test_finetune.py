@@ -153,8 +153,9 @@ def test_separate_validation_data_and_train_fraction(tmp_path):
 
     img, lab = _write_pair(tmp_path / "a", shape=(10, 64, 64))
     vimg, vlab = _write_pair(tmp_path / "b", shape=(3, 64, 64), seed=1)
-    cfg = OmegaConf.create({"images": str(img), "labels": str(lab), "val_images": str(vimg), "val_labels": str(vlab),
-                            "num_classes": 2, "val_slices": 2, "train_fraction": 0.2, "image_key": None, "label_key": None})
+    defaults = OmegaConf.load(Path(__file__).parents[1] / "conf" / "finetune.yaml").data  # every data key
+    cfg = OmegaConf.merge(defaults, {"images": str(img), "labels": str(lab), "val_images": str(vimg),
+                                     "val_labels": str(vlab), "val_slices": 2, "train_fraction": 0.2})
     data = load_data(cfg, frames=5)
     assert data.train[0].slices.tolist() == [0, 9] and data.val[0].slices.tolist() == [0, 1, 2]
     assert data.val[0].image.shape == (3, 64, 64)

@@ -27,37 +27,79 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cemkit.errors import ConfigError, InputError
+from cemkit.finetune.losses import IGNORE_INDEX
+from cemkit.finetune.pairing import label_positions
 from cemkit.models.frames import frame_indices, min_slices
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------ reading
-def convert_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+def check_ignore_value(value: Any, num_classes: int, key: str = "data.ignore_value") -> int | None:
+    """The label value that marks "not labelled" pixels (``None``: every pixel is labelled), checked.
+
+    Raises
+    ------
+    ConfigError
+        Not a whole number, negative, or a class value (0/1/255 for binary labels, 0..C-1 otherwise).
+    """
+    if value is None:
+        return None
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be null or a whole number (a label value), got {value!r}") from None
+    if v != value or v < 0:
+        raise ConfigError(f"{key} must be null or a whole number >= 0 (a label value), got {value!r}")
+    if num_classes > IGNORE_INDEX:
+        raise ConfigError(f"data.num_classes={num_classes}: at most {IGNORE_INDEX} classes")
+    classes = {0, 1} if num_classes == 2 else set(range(num_classes))
+    if v in classes:
+        raise ConfigError(f"{key}={v} is a class value (classes are {sorted(classes)}); choose a value that no "
+                          f"class uses, e.g. {max(classes) + 1}")
+    return v
+
+
+def convert_labels(labels: np.ndarray, num_classes: int, where: str, ignore_value: int | None = None) -> np.ndarray:
     """Check label values and map them to class indices ``0..num_classes-1`` (uint8).
 
     Binary (``num_classes == 2``): values in {0, 1} or {0, 255}; 255 becomes 1.
     Multi-class: values in ``0..num_classes-1``.
+    Pixels equal to ``ignore_value`` (checked by :func:`check_ignore_value`) become
+    :data:`~cemkit.finetune.losses.IGNORE_INDEX`, which no loss or validation metric counts; with
+    ``ignore_value=255`` binary labels must be 0/1.
 
     Raises
     ------
     InputError
         Other values; the message names ``where`` and the unexpected values.
+
+    Examples
+    --------
+    >>> convert_labels(np.array([[0, 255, 2]]), 2, "lab.png", ignore_value=2).tolist()
+    [[0, 1, 255]]
     """
-    values = np.unique(labels)
+    ignored = None if ignore_value is None else labels == ignore_value
+    values = np.unique(labels if ignored is None else labels[~ignored])
+    also = "" if ignore_value is None else f" (and data.ignore_value={ignore_value} for unlabelled pixels)"
     if num_classes == 2:
         vs = set(values.tolist())
         if vs <= {0, 1}:
-            return labels.astype(np.uint8, copy=False)
-        if vs <= {0, 255}:
-            return (labels == 255).astype(np.uint8)
-        raise InputError(f"{where}: binary labels must be 0/1 or 0/255, found values {_show(values)}; "
-                         f"for multi-class labels set data.num_classes")
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        raise InputError(f"{where}: labels for data.num_classes={num_classes} must be 0..{num_classes - 1}, "
-                         f"found values {_show(bad)}")
-    return labels.astype(np.uint8, copy=False)
+            out = labels.astype(np.uint8, copy=ignored is not None)
+        elif vs <= {0, 255}:
+            out = (labels == 255).astype(np.uint8)
+        else:
+            raise InputError(f"{where}: binary labels must be 0/1 or 0/255{also}, found values {_show(values)}; "
+                             f"for multi-class labels set data.num_classes")
+    else:
+        bad = values[(values < 0) | (values >= num_classes)]
+        if bad.size:
+            raise InputError(f"{where}: labels for data.num_classes={num_classes} must be 0..{num_classes - 1}{also}, "
+                             f"found values {_show(bad)}")
+        out = labels.astype(np.uint8, copy=ignored is not None)
+    if ignored is not None:
+        out[ignored] = IGNORE_INDEX
+    return out
 
 
 def _show(values: np.ndarray, n: int = 10) -> str:
@@ -65,12 +107,12 @@ def _show(values: np.ndarray, n: int = 10) -> str:
     return str(vals) + (f" ... ({values.size} distinct)" if values.size > n else "")
 
 
-def _open(path: str | Path, key: str | None):
+def _open(path: str | Path, key: str | None, what: str):
     from cemkit.io import open_volume
 
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: not found")
+        raise InputError(f"{what}: {path}: no such file or folder")
     return open_volume(path, key=key)
 
 
@@ -79,7 +121,8 @@ class LabelledVolume:
     """An image volume (uint8 z-y-x) with labels (uint8 class indices) for some or all slices.
 
     ``slices`` are the z indices whose labels are used; the image slices around them give the
-    context of k-frame inputs.
+    context of k-frame inputs. Slices without labels hold :data:`~cemkit.finetune.losses.IGNORE_INDEX`
+    in ``label`` (never background) and are never in ``slices``.
     """
 
     image: np.ndarray
@@ -92,8 +135,10 @@ class LabelledVolume:
 
 
 def read_labelled_volume(images: str | Path, labels: str | Path, num_classes: int = 2, *, frames: int = 1,
-                         image_key: str | None = None, label_key: str | None = None) -> LabelledVolume:
-    """Read and check an image / label pair.
+                         image_key: str | None = None, label_key: str | None = None,
+                         label_slices: Sequence[int] | None = None, ignore_value: int | None = None,
+                         where: str = "data") -> LabelledVolume:
+    """Read and check an image / label pair; the labels may cover only some of the image slices.
 
     Parameters
     ----------
@@ -105,25 +150,37 @@ def read_labelled_volume(images: str | Path, labels: str | Path, num_classes: in
         The largest number of input frames that will be used (checks there are enough slices).
     image_key, label_key
         Dataset names inside h5 / zarr containers.
+    label_slices
+        The image z of each label slice, when the labels cover only some slices of a container;
+        see :func:`cemkit.finetune.pairing.label_positions` (folders pair by file name).
+    ignore_value
+        Label value of unlabelled pixels (see :func:`convert_labels`), or None.
+    where
+        The config key of this pair (``data``, ``data.sources[1]``), named in errors.
 
     Raises
     ------
     InputError
-        Missing files, image / label size mismatch, unexpected label values, too few slices.
+        Missing files, image / label size mismatch, unpaired label slices, unexpected label values,
+        too few slices.
     """
-    ivol, lvol = _open(images, image_key), _open(labels, label_key)
-    if tuple(ivol.shape) != tuple(lvol.shape):
-        raise InputError(f"image/label size mismatch: {ivol.path} is {tuple(ivol.shape)} (z, y, x) but "
+    ivol, lvol = _open(images, image_key, f"{where}.images"), _open(labels, label_key, f"{where}.labels")
+    if tuple(ivol.shape[1:]) != tuple(lvol.shape[1:]):
+        raise InputError(f"{where}: image/label size mismatch: {ivol.path} is {tuple(ivol.shape)} (z, y, x) but "
                          f"{lvol.path} is {tuple(lvol.shape)}")
     n = ivol.shape[0]
     if n < min_slices(frames):
-        raise InputError(f"{ivol.path}: {frames}-frame inputs need at least {min_slices(frames)} consecutive slices, "
-                         f"found {n}")
+        raise InputError(f"{where}: {ivol.path}: {frames}-frame inputs need at least {min_slices(frames)} "
+                         f"consecutive slices, found {n}")
+    zs = label_positions(ivol, lvol, label_slices, where)
     image = np.ascontiguousarray(ivol.as_uint8()[:])
-    label = convert_labels(np.asarray(lvol[:]), num_classes, str(lvol.path))
-    log.info("read %s: %d slices of %dx%d, foreground fraction %.3f", ivol.path, n, image.shape[1], image.shape[2],
-             float((label > 0).mean()))
-    return LabelledVolume(image, label, np.arange(n), ivol.name)
+    label = np.full(image.shape, IGNORE_INDEX, np.uint8)
+    label[zs] = convert_labels(np.asarray(lvol[:]), num_classes, f"{where}: {lvol.path}", ignore_value)
+    known = label[zs]
+    counted = known != IGNORE_INDEX
+    log.info("read %s: %d slices of %dx%d, %d labelled, foreground fraction %.3f", ivol.path, n, image.shape[1],
+             image.shape[2], len(zs), float((known[counted] > 0).mean()) if counted.any() else 0.0)
+    return LabelledVolume(image, label, np.sort(zs), ivol.name)
 
 
 MONITOR_SLICES = 2  # data.val_slices=0: the last slices, trained on too, are validated to monitor the fit
@@ -220,7 +277,11 @@ class PatchDataset(Dataset):
 
     Patch centres are drawn uniformly over the labelled slices; a patch whose centre pixel is
     background is kept with probability ``background_keep`` (CDeep3M: 1/4), one centred on
-    foreground always, so foreground is over-sampled about ``1 / background_keep`` times.
+    foreground always, so foreground is over-sampled about ``1 / background_keep`` times; one centred
+    on an unlabelled pixel (:data:`~cemkit.finetune.losses.IGNORE_INDEX`) is drawn again.
+
+    The volume of each patch is drawn with probability proportional to ``weights`` (one per volume:
+    ``data.sources[i].weight``); without them, proportional to the volume's labelled pixels.
 
     Each item is ``(x, y)``: ``x`` float32 ``(frames, crop, crop)`` normalised with ``norms``,
     ``y`` int64 ``(crop, crop)`` class indices. With ``z_flip`` (3fm/5fm only) the frame order of each
@@ -236,7 +297,8 @@ class PatchDataset(Dataset):
 
     def __init__(self, volumes: Sequence[LabelledVolume], frames: int, crop: int, length: int,
                  norms: Sequence[float], background_keep: float = 0.25, augment=None, max_tries: int = 20,
-                 seed: int | None = None, z_flip: bool = False, hard_negatives: float = 0.0):
+                 seed: int | None = None, z_flip: bool = False, hard_negatives: float = 0.0,
+                 weights: Sequence[float] | None = None):
         self.volumes, self.frames, self.crop, self.length = list(volumes), int(frames), int(crop), int(length)
         if not 0.0 <= float(hard_negatives) <= 1.0:
             raise ValueError(f"hard_negatives must be a fraction in [0, 1], got {hard_negatives}")
@@ -245,8 +307,18 @@ class PatchDataset(Dataset):
         self.z_flip = bool(z_flip) and self.frames > 1
         self.seed = None if seed is None else int(seed)
         self.norms, self.background_keep, self.augment, self.max_tries = norms, float(background_keep), augment, max_tries
-        self._weights = np.array([len(v.slices) * v.image.shape[1] * v.image.shape[2] for v in self.volumes], float)
-        self._weights /= self._weights.sum()
+        self._weights = self.volume_weights(self.volumes, weights)
+
+    @staticmethod
+    def volume_weights(volumes: Sequence[LabelledVolume], weights: Sequence[float] | None) -> np.ndarray:
+        """Probability of drawing each volume: ``weights`` normalised, or the labelled pixel counts."""
+        if weights is None:
+            w = np.array([len(v.slices) * v.image.shape[1] * v.image.shape[2] for v in volumes], float)
+        else:
+            w = np.asarray([float(x) for x in weights], float)
+            if len(w) != len(volumes) or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+                raise ValueError(f"need one non-negative weight per volume ({len(volumes)}), not all 0, got {list(w)}")
+        return w / w.sum()
 
     def __len__(self) -> int:
         return self.length
@@ -264,7 +336,10 @@ class PatchDataset(Dataset):
             z = int(vol.slices[rng.integers(len(vol.slices))])
             _, h, w = vol.image.shape
             cy, cx = int(rng.integers(h)), int(rng.integers(w))
-            if vol.label[z, cy, cx] > 0 or rng.random() < self.background_keep:
+            centre = vol.label[z, cy, cx]
+            if centre == IGNORE_INDEX:
+                continue
+            if centre > 0 or rng.random() < self.background_keep:
                 break
         return self._cut(vol, z, cy, cx)
 
@@ -301,7 +376,7 @@ def dark_background(vol: LabelledVolume, max_points: int = 20000, seed: int = 0)
 
     These are the membranes, myelin and other dark structures a model that learned "dark means
     foreground" marks wrongly. Pixels within 8 px of a labelled object are left out (their patch is
-    a positive one anyway).
+    a positive one anyway), and so are unlabelled pixels.
 
     Returns
     -------
@@ -313,12 +388,13 @@ def dark_background(vol: LabelledVolume, max_points: int = 20000, seed: int = 0)
 
     points = []
     for z in vol.slices:
-        image, label = vol.image[z], vol.label[z] > 0
+        image, raw = vol.image[z], vol.label[z]
+        label = (raw > 0) & (raw != IGNORE_INDEX)
         if not label.any():
             continue
         level = np.median(image[label])
         near = ndimage.binary_dilation(label, iterations=8)
-        ys, xs = np.nonzero((image <= level) & ~near)
+        ys, xs = np.nonzero((image <= level) & ~near & (raw == 0))
         points.append(np.stack([np.full_like(ys, z), ys, xs], 1))
     if not points:
         return np.zeros((0, 3), np.int64)

@@ -23,6 +23,7 @@ from cemkit.finetune.data import (
     RankShardSampler,
     SliceDataset,
     build_augmentation,
+    check_ignore_value,
     intensity_norms,
     read_labelled_volume,
     split_validation,
@@ -45,15 +46,19 @@ class FinetuneData:
 def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     """Read training (and validation) volumes; hold out the last ``data.val_slices`` labelled
     slices when no separate validation data is given."""
-    vol = read_labelled_volume(data_cfg.images, data_cfg.labels, int(data_cfg.num_classes), frames=frames,
-                               image_key=data_cfg.image_key, label_key=data_cfg.label_key)
+    num_classes = int(data_cfg.num_classes)
+    ignore = check_ignore_value(data_cfg.ignore_value, num_classes)
+    vol = read_labelled_volume(data_cfg.images, data_cfg.labels, num_classes, frames=frames,
+                               image_key=data_cfg.image_key, label_key=data_cfg.label_key,
+                               label_slices=label_slices(data_cfg.label_slices, "data.label_slices"),
+                               ignore_value=ignore)
     val_images, val_labels = data_cfg.val_images, data_cfg.val_labels
     if val_images:
         if not val_labels:
             raise ConfigError("data.val_images needs data.val_labels")
-        val = read_labelled_volume(val_images, val_labels, int(data_cfg.num_classes),
+        val = read_labelled_volume(val_images, val_labels, num_classes,
                                    frames=frames, image_key=data_cfg.image_key,
-                                   label_key=data_cfg.label_key)
+                                   label_key=data_cfg.label_key, ignore_value=ignore, where="data.val")
         train = vol
         held_out = True
     else:
@@ -66,6 +71,17 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
     if fraction is not None and float(fraction) < 1.0:
         train = subsample_slices(train, float(fraction))
     return FinetuneData([train], [val], held_out)
+
+
+def label_slices(value: Any, key: str) -> list[int] | None:
+    """``data.label_slices`` as a list of ints (None: labels for every slice, or paired by file name)."""
+    if value is None:
+        return None
+    try:
+        return [int(z) for z in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be null or a list of image slice numbers, e.g. [0, 5, 9], got {value!r}") \
+            from None
 
 
 def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:

@@ -1,7 +1,9 @@
 """Segmentation losses: cross-entropy / BCE, soft Dice, focal, and weighted sums of them.
 
 All losses take logits ``(B, C, H, W)`` -- ``C = 1`` for binary segmentation (sigmoid), ``C >= 3``
-for multi-class (softmax) -- and integer targets ``(B, H, W)``.
+for multi-class (softmax) -- and integer targets ``(B, H, W)``. Pixels whose target is
+:data:`IGNORE_INDEX` (not labelled) count in no term: not in a mean, not in Dice's sums, not in the
+auto-balance counts.
 
 Class weights: fixed per-class weights (CEM500K: 0.1 background, 3 for rare classes) and/or
 CDeep3M's per-batch *auto-balance* ``w_c = min_count / count_c`` (rarest class present = 1,
@@ -18,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 LOSS_NAMES = ("ce", "dice", "focal")
+#: target value of pixels that no loss term and no validation metric counts ("not labelled": slices
+#: without labels, and pixels with ``data.ignore_value``); class indices stay below it
+IGNORE_INDEX = 255
 
 
 def auto_balance_weights(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -26,7 +31,7 @@ def auto_balance_weights(target: torch.Tensor, num_classes: int) -> torch.Tensor
     Parameters
     ----------
     target
-        Integer class map ``(B, H, W)``.
+        Integer class map ``(B, H, W)``; values ``>= num_classes`` (:data:`IGNORE_INDEX`) are not counted.
     num_classes
         Number of classes ``C`` (2 for binary).
 
@@ -44,27 +49,49 @@ def auto_balance_weights(target: torch.Tensor, num_classes: int) -> torch.Tensor
 
 
 def pixel_weights(target: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-pixel weights ``class_weights[target]`` (``None`` when there are no class weights)."""
+    """Per-pixel weights ``class_weights[target]`` (``None`` when there are no class weights); ``target``
+    holds class indices only (ignored pixels already replaced, see :func:`split_ignored`)."""
     if class_weights is None:
         return None
     return class_weights.to(target.device)[target.long()]
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE-with-logits (1 channel) or softmax cross-entropy, optionally class-weighted (weighted mean)."""
+def split_ignored(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(target with ignored pixels set to class 0, mask of the counted pixels)``; the mask is None when
+    ``ignore_index`` is None (every pixel counts)."""
+    if ignore_index is None:
+        return target, None
+    valid = target != ignore_index
+    return torch.where(valid, target, torch.zeros_like(target)), valid
+
+
+def _pixel_mean(per_pixel: torch.Tensor, weights: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``per_pixel`` over the counted pixels, weighted by ``weights`` when given. Ignored pixels
+    enter as exact zeros (``torch.where``), so their values -- even inf or nan -- change nothing."""
+    if valid is None:
+        if weights is None:
+            return per_pixel.mean()
+        return (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
+    w = valid.to(per_pixel.dtype) if weights is None else torch.where(valid, weights, torch.zeros_like(weights))
+    return torch.where(valid, per_pixel * w, torch.zeros_like(per_pixel)).sum() / w.sum().clamp_min(1e-12)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
+                  ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
+    """BCE-with-logits (1 channel) or softmax cross-entropy, optionally class-weighted (weighted mean)
+    over the pixels whose target is not ``ignore_index``."""
+    target, valid = split_ignored(target, ignore_index)
     if logits.shape[1] == 1:
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
     else:
         per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
-    w = pixel_weights(target, class_weights)
-    if w is None:
-        return per_pixel.mean()
-    return (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
+    return _pixel_mean(per_pixel, pixel_weights(target, class_weights), valid)
 
 
 def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-          class_weights: torch.Tensor | None = None) -> torch.Tensor:
+          class_weights: torch.Tensor | None = None, ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
     """Focal loss ``-(1 - p_t)^gamma log p_t`` (Lin et al. 2017), averaged like :func:`cross_entropy`."""
+    target, valid = split_ignored(target, ignore_index)
     if logits.shape[1] == 1:
         logp1 = F.logsigmoid(logits[:, 0])
         logp0 = F.logsigmoid(-logits[:, 0])
@@ -72,21 +99,24 @@ def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     else:
         logpt = torch.log_softmax(logits, dim=1).gather(1, target.long().unsqueeze(1))[:, 0]
     per_pixel = -((1 - logpt.exp()) ** gamma) * logpt
-    w = pixel_weights(target, class_weights)
-    if w is None:
-        return per_pixel.mean()
-    return (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
+    return _pixel_mean(per_pixel, pixel_weights(target, class_weights), valid)
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``1 - `` soft Dice, pooled over the batch; binary: foreground only, multi-class: mean over
-    the foreground classes 1..C-1."""
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+              ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
+    """``1 - `` soft Dice, pooled over the batch and the pixels whose target is not ``ignore_index``;
+    binary: foreground only, multi-class: mean over the foreground classes 1..C-1."""
+    target, valid = split_ignored(target, ignore_index)
     if logits.shape[1] == 1:
         probs = torch.sigmoid(logits[:, 0]).unsqueeze(1)
         onehot = target.float().unsqueeze(1)
     else:
         probs = torch.softmax(logits, dim=1)[:, 1:]
         onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).float()[:, 1:]
+    if valid is not None:
+        counted = valid.unsqueeze(1)
+        probs = torch.where(counted, probs, torch.zeros_like(probs))
+        onehot = torch.where(counted, onehot, torch.zeros_like(onehot))
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -110,10 +140,13 @@ class SegmentationLoss(nn.Module):
         Focusing parameter of the focal term.
     deep_supervision
         Weight of the mean loss of the per-tap logits (0 = off).
+    ignore_index
+        Target value that no term counts (:data:`IGNORE_INDEX`; None: every pixel counts).
     """
 
     def __init__(self, terms: Mapping[str, float], num_classes: int = 2, class_weights: Sequence[float] | None = None,
-                 auto_balance: bool = False, focal_gamma: float = 2.0, deep_supervision: float = 0.0):
+                 auto_balance: bool = False, focal_gamma: float = 2.0, deep_supervision: float = 0.0,
+                 ignore_index: int | None = IGNORE_INDEX):
         super().__init__()
         unknown = set(terms) - set(LOSS_NAMES)
         if unknown or not terms:
@@ -128,6 +161,7 @@ class SegmentationLoss(nn.Module):
                              else torch.tensor([float(w) for w in class_weights]), persistent=False)
         self.auto_balance, self.focal_gamma = bool(auto_balance), float(focal_gamma)
         self.deep_supervision = float(deep_supervision)
+        self.ignore_index = ignore_index
 
     def weights_for(self, target: torch.Tensor) -> torch.Tensor | None:
         w = self.class_weights
@@ -139,11 +173,11 @@ class SegmentationLoss(nn.Module):
     def single(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
         parts: dict[str, torch.Tensor] = {}
         if "ce" in self.terms:
-            parts["ce"] = cross_entropy(logits.float(), target, weights)
+            parts["ce"] = cross_entropy(logits.float(), target, weights, self.ignore_index)
         if "dice" in self.terms:
-            parts["dice"] = soft_dice(logits.float(), target)
+            parts["dice"] = soft_dice(logits.float(), target, ignore_index=self.ignore_index)
         if "focal" in self.terms:
-            parts["focal"] = focal(logits.float(), target, self.focal_gamma, weights)
+            parts["focal"] = focal(logits.float(), target, self.focal_gamma, weights, self.ignore_index)
         return parts
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,

@@ -19,9 +19,26 @@ import torch
 
 from cemkit.finetune.budget import PolyLambda
 from cemkit.models.checkpoint import segmenter_entry
-from cemkit.finetune.losses import SegmentationLoss
+from cemkit.finetune.losses import IGNORE_INDEX, SegmentationLoss
 
 log = logging.getLogger(__name__)
+
+
+def labelled_counts(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """int64 ``(tp, fp, fn, tn)`` of a binary prediction over the pixels whose target is labelled
+    (not :data:`~cemkit.finetune.losses.IGNORE_INDEX`); foreground is a non-zero target.
+
+    Examples
+    --------
+    >>> labelled_counts(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 1, 0, 255])).tolist()
+    [1, 1, 1, 1]
+    """
+    from cemkit.metrics import binary_counts
+
+    labelled = target != IGNORE_INDEX
+    if not labelled.all():
+        pred, target = pred[labelled], target[labelled]
+    return np.asarray(binary_counts(pred, target > 0), dtype=np.int64)
 
 
 class SegmentationModule(pl.LightningModule):
@@ -90,8 +107,9 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         """Add a batch of ``(x, y, index, counted)`` items (:class:`~cemkit.finetune.data.SliceDataset`) to the
-        counts; only the ``counted`` box of each item is counted, and padding items (empty box) not at all."""
-        from cemkit.metrics import binary_counts, confusion_matrix
+        counts; only the ``counted`` box of each item is counted, padding items (empty box) not at all, and
+        unlabelled pixels (:data:`~cemkit.finetune.losses.IGNORE_INDEX`) nowhere."""
+        from cemkit.metrics import confusion_matrix
 
         x, y, _, counted = batch
         logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
@@ -109,9 +127,9 @@ class SegmentationModule(pl.LightningModule):
             y0, x0, y1, x1 = (int(v) for v in boxes[i])
             p, t = pred[i, y0:y1, x0:x1], target[i, y0:y1, x0:x1]
             if self.model.out_channels == 1:
-                self._counts += np.asarray(binary_counts(p, t > 0), dtype=np.int64)
+                self._counts += labelled_counts(p, t)
             else:
-                self._confusion += confusion_matrix(p, t, self.model.num_classes)
+                self._confusion += confusion_matrix(p, t, self.model.num_classes, ignore_index=IGNORE_INDEX)
         if len(self._overlay_items) < self.overlays:
             centre = x.shape[1] // 2
             for i in np.flatnonzero(real)[: self.overlays - len(self._overlay_items)]:
