@@ -233,3 +233,47 @@ def test_orthoplane_with_rescaling_is_refused(two_scales):
     folder, paths, model = two_scales
     with pytest.raises(ConfigError, match=r"orthoplane=true.*rescale=false"):
         run_prediction(paths["fine"], folder / "p_ortho", models=[model], settings=_settings(orthoplane=True))
+
+
+# ------------------------------------------------------------------------------------ checkpoint, export and zoo
+@pytest.fixture(scope="module")
+def segmenter_file(tmp_path_factory):
+    """A tiny segmenter saved as finetune saves its model (meta with the training data's pixel size)."""
+    from cemkit.models.checkpoint import save_segmenter
+    from cemkit.models.deepem3d import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter("resnet10t", frames=1, num_classes=2)[0].eval()
+    path = save_segmenter(tmp_path_factory.mktemp("seg") / "seg.pth", model,
+                          {"norms": [0.5, 0.2], "class_names": None, "pixel_size_nm": 5.9})
+    return path, model
+
+
+def test_predict_and_export_read_the_recorded_pixel_size(segmenter_file):
+    from cemkit.export.metadata import export_metadata
+    from cemkit.models.checkpoint import load_segmenter
+    from cemkit.predict.models import load_segmenters
+
+    path, _ = segmenter_file
+    (loaded,) = load_segmenters([path])
+    assert loaded.pixel_size_nm == 5.9 and loaded.describe()["pixel_size_nm"] == 5.9
+    model, meta = load_segmenter(path)
+    info = export_metadata(model, meta, "probabilities", str(path))
+    assert info["pixel_size_nm"] == 5.9 and "trained at 5.9 nm per pixel" in info["input"]
+    assert export_metadata(model, {"norms": None}, "probabilities")["pixel_size_nm"] is None
+
+
+def test_zoo_card_records_the_pixel_size(segmenter_file, tmp_path, monkeypatch):
+    from cemkit.zoo.cards import card_from_dict, read_card
+    from cemkit.zoo.registry import register
+
+    monkeypatch.setenv("CEMKIT_CACHE", str(tmp_path / "cache"))
+    path, _ = segmenter_file
+    card = register(path, name="seg_5nm9")
+    assert card.kind == "segmentation" and card.pixel_size_nm == 5.9
+    assert read_card(card.source).pixel_size_nm == 5.9          # written to and read back from the YAML
+    assert register(path, name="seg_vnc", pixel_size_nm=4.6).pixel_size_nm == 4.6  # explicit value wins
+    base = {"name": "m", "kind": "segmentation", "frames": 1, "in_chans": 1, "path": str(path)}
+    for bad, problem in ((0, "must be positive"), (-2, "must be positive"), (5000, "implausible")):
+        with pytest.raises(InputError, match=rf"model card my\.yaml: pixel_size_nm: .*{problem}"):
+            card_from_dict({**base, "pixel_size_nm": bad}, source="my.yaml")

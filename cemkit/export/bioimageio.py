@@ -114,8 +114,9 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
         raw, y = _write_test_tensors(model, files, frames=frames, tile=tile, norms=norms,
                                      output=output)
         preprocessing, norm_text = _preprocessing(norms)
-        inp = _input_descr(files, frames=frames, stride=stride, preprocessing=preprocessing)
-        out = _output_descr(files, meta, channels=y.shape[1], output=output)
+        pixel_nm = meta.get("pixel_size_nm")  # None for checkpoints without a recorded pixel size
+        inp = _input_descr(files, frames=frames, stride=stride, preprocessing=preprocessing, pixel_nm=pixel_nm)
+        out = _output_descr(files, meta, channels=y.shape[1], output=output, pixel_nm=pixel_nm)
         text = description or (
             f"cemkit DeepEM3D-style segmentation model ({meta.get('arch', model.arch)} encoder, "
             f"{frames} input slice(s), {num_classes if num_classes > 2 else 'binary'} classes) "
@@ -123,7 +124,7 @@ def export_bioimageio(model, meta: dict[str, Any], path: str | os.PathLike, *, t
         readme = _write_readme(files / "README.md", name=name, text=text, frames=frames,
                                channels=y.shape[1], out_description=out.description,
                                norm_text=norm_text, stride=stride, source=source,
-                               weight_names=list(weights), tolerance=tolerance)
+                               weight_names=list(weights), tolerance=tolerance, pixel_nm=pixel_nm)
         descr = _model_descr(files, name=name, text=text, authors=authors, cite=cite,
                              licence=licence, readme=readme, tags=tags, inp=inp, out=out,
                              weights=weights)
@@ -200,8 +201,14 @@ def _preprocessing(norms) -> tuple[list, str]:
     return preprocessing, norm_text
 
 
-def _input_descr(files: Path, *, frames: int, stride: int, preprocessing: list):
-    """The input tensor: ``frames`` z-slice channels (``zm1``, ``z``, ``zp1``, ...), y and x."""
+def _space_scale(pixel_nm: float | None) -> dict[str, Any]:
+    """The ``unit``/``scale`` of a y or x axis: the model's pixel size in nm when it records one."""
+    return {} if pixel_nm is None else {"unit": "nanometer", "scale": float(pixel_nm)}
+
+
+def _input_descr(files: Path, *, frames: int, stride: int, preprocessing: list, pixel_nm: float | None = None):
+    """The input tensor: ``frames`` z-slice channels (``zm1``, ``z``, ``zp1``, ...), y and x (in nm at the
+    model's pixel size when it records one)."""
     from bioimageio.spec.model import v0_5 as spec
 
     half = frames // 2
@@ -214,14 +221,14 @@ def _input_descr(files: Path, *, frames: int, stride: int, preprocessing: list):
         description=f"{frames} consecutive z-slices (centre slice is segmented), raw 0-255",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=channel_names),
               spec.SpaceInputAxis(id=spec.AxisId("y"),
-                                  size=spec.ParameterizedSize(min=stride, step=stride)),
+                                  size=spec.ParameterizedSize(min=stride, step=stride), **_space_scale(pixel_nm)),
               spec.SpaceInputAxis(id=spec.AxisId("x"),
-                                  size=spec.ParameterizedSize(min=stride, step=stride))],
+                                  size=spec.ParameterizedSize(min=stride, step=stride), **_space_scale(pixel_nm))],
         test_tensor=spec.FileDescr(source=files / "test_input.npy"),
         preprocessing=preprocessing)
 
 
-def _output_descr(files: Path, meta: dict[str, Any], *, channels: int, output: str):
+def _output_descr(files: Path, meta: dict[str, Any], *, channels: int, output: str, pixel_nm: float | None = None):
     """The output tensor: foreground or one channel per class, sized like the input."""
     from bioimageio.spec.model import v0_5 as spec
 
@@ -236,23 +243,25 @@ def _output_descr(files: Path, meta: dict[str, Any], *, channels: int, output: s
         + (" of the foreground" if channels == 1 else " per class"),
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=out_names),
               spec.SpaceOutputAxis(id=spec.AxisId("y"), size=spec.SizeReference(
-                  tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("y"))),
+                  tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("y")), **_space_scale(pixel_nm)),
               spec.SpaceOutputAxis(id=spec.AxisId("x"), size=spec.SizeReference(
-                  tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("x")))],
+                  tensor_id=spec.TensorId("input"), axis_id=spec.AxisId("x")), **_space_scale(pixel_nm))],
         test_tensor=spec.FileDescr(source=files / "test_output.npy"))
 
 
 def _write_readme(readme: Path, *, name: str, text: str, frames: int, channels: int,
                   out_description: str, norm_text: str, stride: int, source: str | None,
-                  weight_names: list[str], tolerance: float) -> Path:
-    """Write the package README (input, output, normalisation, validation) and return its path."""
+                  weight_names: list[str], tolerance: float, pixel_nm: float | None = None) -> Path:
+    """Write the package README (input, output, normalisation, pixel size, validation) and return its path."""
+    scale = ("the training data's pixel size is not recorded" if pixel_nm is None else
+             f"trained at {float(pixel_nm):g} nm per pixel (y, x): resample other data to it")
     readme.write_text(
         f"# {name}\n\n{text}\n\n"
         f"* Input: `(batch, {frames}, y, x)` float32, {frames} consecutive z-slices of raw 0-255 "
         f"intensities; the model segments the centre slice. Normalisation (declared as "
         f"preprocessing): {norm_text}.\n"
         f"* Output: `(batch, {channels}, y, x)` {out_description}.\n"
-        f"* y and x: multiples of {stride} (other sizes work too: the model pads and crops).\n"
+        f"* y and x: multiples of {stride} (other sizes work too: the model pads and crops); {scale}.\n"
         f"* Exported by cemkit from `{Path(source).name if source else 'a checkpoint'}`; "
         f"{' and '.join(weight_names)} weights reproduce PyTorch within {tolerance:g}.\n\n"
         f"## Validation\n\nExported weights are checked against the PyTorch model on random "

@@ -65,6 +65,8 @@ def export_onnx(model, meta: dict[str, Any], path: str | os.PathLike, *, tile: i
                  "output": output, "stride": str(stride)}
         if info["norms"] is not None:
             props.update(norm_mean=repr(info["norms"][0]), norm_std=repr(info["norms"][1]))
+        if info["pixel_size_nm"] is not None:
+            props.update(pixel_size_nm=repr(info["pixel_size_nm"]))
         onnx.helper.set_model_props(proto, props)
         proto.producer_name = "cemkit"
         onnx.checker.check_model(proto)

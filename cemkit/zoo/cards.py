@@ -1,7 +1,7 @@
 """Model cards: one YAML file per model, shipped in ``cemkit/zoo/cards/`` or registered by the user.
 
 A card says what a checkpoint is (encoder or segmentation model, architecture, input frames and
-channels, normalisation, checkpoint key layout), where to get it (``url``, or ``path`` for a local
+channels, normalisation, the pixel size it was trained at, checkpoint key layout), where to get it (``url``, or ``path`` for a local
 file), how to check it (``sha256``, ``size``) and how it may be used (``licence``, ``citation``).
 
 User cards live in ``$CEMKIT_CACHE/cards/<name>.yaml`` and shadow a shipped card of the same name
@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from cemkit.errors import InputError
+from cemkit.errors import CemkitError, InputError
 from cemkit.io.atomic import atomic_write_text
+from cemkit.io.pixel_size import check_pixel_size
 from cemkit.zoo.cache import cards_dir
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ModelCard:
     homepage: str | None = None
     description: str | None = None
     num_classes: int | None = None
+    pixel_size_nm: float | None = None  # yx pixel size (nm) of the training data; the checkpoint's own wins
     source: str = field(default="", compare=False)  # the card file it was read from
     user: bool = field(default=False, compare=False)  # True for a user card
 
@@ -158,6 +160,11 @@ def _check_values(values: dict[str, Any], fail: Callable[[str], InputError]) -> 
             raise fail(f"{key} must be a string, got {type(value).__name__}")
     if values.get("key_layout") is not None and values["key_layout"] not in KEY_LAYOUTS:
         raise fail(f"key_layout {values['key_layout']!r} must be one of {', '.join(KEY_LAYOUTS)}")
+    if values.get("pixel_size_nm") is not None:
+        try:
+            values["pixel_size_nm"] = check_pixel_size(values["pixel_size_nm"], "pixel_size_nm")
+        except CemkitError as exc:
+            raise fail(str(exc)) from None
 
 
 def _check_location(values: dict[str, Any], fail: Callable[[str], InputError]) -> None:

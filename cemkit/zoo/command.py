@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int)
     p.add_argument("--mean", type=float, help="normalisation mean of uint8/255 intensities")
     p.add_argument("--std", type=float, help="normalisation std of uint8/255 intensities")
+    p.add_argument("--pixel-size", type=float, dest="pixel_size_nm",
+                   help="yx pixel size (nm) of the training data (default: from the checkpoint)")
     p.add_argument("--sha256", help="expected sha256 (checked for local and fetched files)")
     p.add_argument("--licence")
     p.add_argument("--citation")
@@ -110,6 +112,7 @@ def _register(args: argparse.Namespace) -> int:
         args.source, name=args.name, kind=args.kind, architecture=args.architecture,
         frames=args.frames, in_chans=args.in_chans, num_classes=args.num_classes,
         norms=None if args.mean is None else (args.mean, args.std), sha256=args.sha256,
+        pixel_size_nm=args.pixel_size_nm,
         licence=args.licence, citation=args.citation, description=args.description,
         copy=args.copy, fetch_now=args.fetch, overwrite=args.overwrite)
     print(f"registered {card.name} ({card.kind}, {card.architecture or 'architecture unknown'}) "

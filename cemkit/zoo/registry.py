@@ -212,7 +212,7 @@ def inspect_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
             info = {"kind": "segmentation", "key_layout": "cemkit_segmenter",
                     "architecture": _get(meta, "arch"), "frames": _get(meta, "frames"),
                     "in_chans": _get(meta, "frames"), "num_classes": _get(meta, "num_classes"),
-                    "norms": _get(meta, "norms")}
+                    "norms": _get(meta, "norms"), "pixel_size_nm": _get(meta, "pixel_size_nm")}
             return {k: v for k, v in info.items() if v is not None}
         except Exception as exc:  # noqa: BLE001 - not a segmenter: try the next reader
             errors.append(f"segmentation model: {exc}")
@@ -242,15 +242,15 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
              architecture: str | None = None, frames: int | None = None,
              in_chans: int | None = None, norms: tuple[float, float] | None = None,
              num_classes: int | None = None, sha256: str | None = None,
-             licence: str | None = None, citation: str | None = None,
+             pixel_size_nm: float | None = None, licence: str | None = None, citation: str | None = None,
              description: str | None = None, copy: bool = False, fetch_now: bool = False,
              overwrite: bool = False, offline: bool | None = None,
              progress: bool = True) -> ModelCard:
     """Write a user card for a local checkpoint or a URL; returns the card.
 
     For a local file (and a URL with ``fetch_now=True``, which downloads it into the cache first)
-    the sha256 and size are computed and kind, architecture, frames, in_chans and norms are read
-    from the checkpoint when cemkit can load it; explicit arguments win. A URL registered without
+    the sha256 and size are computed and kind, architecture, frames, in_chans, norms and the pixel size
+    (``pixel_size_nm``, nm) are read from the checkpoint when cemkit can load it; explicit arguments win. A URL registered without
     fetching needs ``kind``; its card records ``sha256`` only if given.
     ``copy=True`` copies a local checkpoint into the cache so the card survives moving the file.
     """
@@ -275,7 +275,8 @@ def register(source: str | os.PathLike, *, name: str | None = None, kind: str | 
         raise InputError(f"cannot tell whether {text} is an encoder or a segmentation model "
                          f"({where}); pass --kind encoder|segmentation")
     fields.update(_described_fields(info, kind=kind, architecture=architecture, frames=frames,
-                                    in_chans=in_chans, norms=norms, num_classes=num_classes))
+                                    in_chans=in_chans, norms=norms, num_classes=num_classes,
+                                    pixel_size_nm=pixel_size_nm))
     fields.update({"sha256": sha256, "licence": licence, "citation": citation,
                    "description": description})
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -350,7 +351,7 @@ def _checksum_and_inspect(local: Path, name: str, filename: str, fields: dict[st
 def _described_fields(info: dict[str, Any], *, kind: str, architecture: str | None,
                       frames: int | None, in_chans: int | None,
                       norms: tuple[float, float] | None,
-                      num_classes: int | None) -> dict[str, Any]:
+                      num_classes: int | None, pixel_size_nm: float | None = None) -> dict[str, Any]:
     """The card fields that describe the model: explicit arguments, else what ``info`` read."""
     explicit_norms = norms is not None
     norms = norms if explicit_norms else info.get("norms")
@@ -360,6 +361,7 @@ def _described_fields(info: dict[str, Any], *, kind: str, architecture: str | No
         "frames": frames or info.get("frames") or 1,
         "in_chans": in_chans or info.get("in_chans") or frames or info.get("frames") or 1,
         "num_classes": num_classes or info.get("num_classes"),
+        "pixel_size_nm": pixel_size_nm if pixel_size_nm is not None else info.get("pixel_size_nm"),
         "key_layout": info.get("key_layout"),
         "normalisation": (None if norms is None else
                           {"mean": float(norms[0]), "std": float(norms[1]),
