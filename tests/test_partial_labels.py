@@ -195,3 +195,54 @@ def test_training_with_an_ignore_value_runs(tmp_path):
     assert cli(base + [f"output={tmp_path / 'bad'}"]) == 2  # without data.ignore_value, 2 is not a label
     assert cli(base + ["data.ignore_value=2", f"output={tmp_path / 'ok'}"]) == 0
     assert json.loads((tmp_path / "ok" / "1fm" / "result.json").read_text())["steps"] == 2
+
+
+# ------------------------------------------------------------------------------------ cemkit evaluate
+def test_evaluate_skips_ignored_pixels(tmp_path, capsys):
+    """Pixel counts, the threshold sweep and the instance metrics of `cemkit evaluate` with ignore_value=2: the
+    same as on the labelled pixels alone, whatever the prediction says at the ignored ones."""
+    rng = np.random.default_rng(0)
+    gt = np.zeros((2, 40, 40), np.uint8)
+    gt[:, 5:15, 5:15] = 255
+    gt[:, 25:35, 8:18] = 255
+    labels = gt.copy()
+    labels[:, :, 30:] = 2  # the right quarter is not labelled
+    prob = np.clip(rng.random(gt.shape) * 0.6 + (gt > 0) * 0.3, 0, 1).astype(np.float32)
+    write_tif_stack(tmp_path / "labels.tif", labels)
+    results = []
+    for i, p in enumerate((prob, np.where(np.arange(40) >= 30, 1.0 - prob, prob).astype(np.float32))):
+        np.save(tmp_path / f"prob{i}.npy", p)
+        assert cli(["evaluate", f"prediction={tmp_path / f'prob{i}.npy'}", f"labels={tmp_path / 'labels.tif'}",
+                    "ignore_value=2", "sweep=[0.3,0.5,0.7]", f"output={tmp_path / f'ev{i}'}"]) == 0
+        results.append(json.loads((tmp_path / f"ev{i}" / "metrics.json").read_text()))
+    for key in ("pixel", "per_image", "per_slice", "sweep", "objects"):
+        assert results[0][key] == results[1][key], key
+    pred, target = prob[..., :30] > 0.5, gt[..., :30] > 0
+    tp = int((pred & target).sum())
+    assert results[0]["pixel"]["tp"] == tp and results[0]["pixel"]["fp"] == int(pred.sum()) - tp
+    assert results[0]["pixel"]["tn"] == int((~pred & ~target).sum())
+    assert results[0]["pixel"]["tp"] + results[0]["pixel"]["fp"] + results[0]["pixel"]["fn"] + \
+        results[0]["pixel"]["tn"] == 2 * 40 * 30
+    # without ignore_value the 2s are foreground: other counts
+    assert cli(["evaluate", f"prediction={tmp_path / 'prob0.npy'}", f"labels={tmp_path / 'labels.tif'}",
+                "instance_metrics=false", f"output={tmp_path / 'plain'}"]) == 0
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["pixel"]["tp"] + plain["pixel"]["fn"] > results[0]["pixel"]["tp"] + results[0]["pixel"]["fn"]
+    assert cli(["evaluate", f"prediction={tmp_path / 'prob0.npy'}", f"labels={tmp_path / 'labels.tif'}",
+                "ignore_value=0", f"output={tmp_path / 'bad'}"]) == 2
+    captured = capsys.readouterr()
+    assert "ignore_value must be null or a whole number >= 1" in captured.out + captured.err
+
+
+def test_evaluate_multiclass_skips_ignored_pixels(tmp_path):
+    gt = np.random.default_rng(1).integers(0, 3, (2, 16, 16)).astype(np.uint8)
+    labels = gt.copy()
+    labels[:, :4] = 9
+    pred = gt.copy()
+    pred[:, :6] = (pred[:, :6] + 1) % 3  # wrong in the ignored rows and two labelled rows
+    write_tif_stack(tmp_path / "labels.tif", labels)
+    np.save(tmp_path / "pred.npy", pred)
+    assert cli(["evaluate", f"prediction={tmp_path / 'pred.npy'}", f"labels={tmp_path / 'labels.tif'}",
+                "prediction_kind=labels", "num_classes=3", "ignore_value=9", f"output={tmp_path / 'ev'}"]) == 0
+    confusion = np.array(json.loads((tmp_path / "ev" / "metrics.json").read_text())["pixel"]["confusion"])
+    assert confusion.sum() == 2 * 12 * 16 and np.trace(confusion) == 2 * 10 * 16

@@ -35,9 +35,19 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         border_thinning=bool(cfg.border_thinning),
         connectivity=int(cfg.connectivity),
         per_image=bool(cfg.per_image),
+        ignore_value=_ignore_value(cfg.ignore_value),
     )
     settings.check()
     return settings
+
+
+def _ignore_value(value) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value) if float(value) == int(value) else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ignore_value must be null or a label value (a whole number), got {value!r}") from None
 
 
 def run(cfg: DictConfig) -> dict:

@@ -49,6 +49,7 @@ class Settings:
     border_thinning: bool = False
     connectivity: int = 1
     per_image: bool = True
+    ignore_value: int | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
@@ -63,6 +64,11 @@ class Settings:
             raise ConfigError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
         if self.connectivity not in (1, 2, 3):
             raise ConfigError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
+        if self.ignore_value is not None:
+            lowest = 1 if self.num_classes == 2 else self.num_classes
+            if int(self.ignore_value) != self.ignore_value or self.ignore_value < lowest:
+                raise ConfigError(f"ignore_value must be null or a whole number >= {lowest} (a label value that is "
+                                  f"no class; 0 is background), got {self.ignore_value}")
 
 
 def check_shapes(prediction: Prediction, labels: Volume) -> None:
@@ -102,6 +108,9 @@ def evaluate(prediction: Prediction, labels: Volume, settings: Settings) -> dict
 
     Multi-class (``num_classes > 2``): prediction and labels hold class indices; reports the
     confusion matrix, per-class IoU/Dice, mean IoU without background and pixel accuracy.
+
+    Label pixels equal to ``settings.ignore_value`` (not labelled) count nowhere: not in the pixel
+    counts, and set to background in both prediction and labels before instance metrics.
     """
     settings.check()
     check_shapes(prediction, labels)
@@ -125,7 +134,8 @@ def _evaluate_binary(prediction: Prediction, labels: Volume, settings: Settings)
     main = float(settings.threshold)
     thresholds = _thresholds(prediction, settings)
     keep = settings.instance_metrics
-    counts, pred_full, gt_full = _count_binary(prediction, labels, thresholds, main, keep)
+    counts, pred_full, gt_full, ignored = _count_binary(prediction, labels, thresholds, main, keep,
+                                                        settings.ignore_value)
     result = _header(prediction, labels, settings)
     result["pixel"] = binary_metrics_from_counts(counts.confusion(main))
     if settings.per_image:
@@ -137,7 +147,9 @@ def _evaluate_binary(prediction: Prediction, labels: Volume, settings: Settings)
         result.update(_sweep(counts, thresholds, settings.per_image))
     if keep:
         pred_inst, gt_inst, sources = instances_of(prediction, pred_full, gt_full, settings.connectivity)
-        del pred_full, gt_full
+        if ignored is not None and prediction.instances is not None and prediction.kind != "labels":
+            pred_inst = np.where(ignored, 0, pred_inst)
+        del pred_full, gt_full, ignored
         result.update(_instance_scores(pred_inst, gt_inst, sources, settings))
     result["settings"] = asdict(settings)
     return result
@@ -164,24 +176,25 @@ class _BinaryCounts:
     tp: dict
     npred: dict
     ntrue: np.ndarray
-    pix_per_slice: int
+    counted: np.ndarray  # labelled (not ignored) pixels per slice
 
     @classmethod
     def zeros(cls, shape: tuple[int, int, int], thresholds: list[float]) -> _BinaryCounts:
         z = shape[0]
         return cls({t: np.zeros(z, np.int64) for t in thresholds},
                    {t: np.zeros(z, np.int64) for t in thresholds},
-                   np.zeros(z, np.int64), shape[1] * shape[2])
+                   np.zeros(z, np.int64), np.full(z, shape[1] * shape[2], np.int64))
 
     def confusion(self, t: float, sl: slice = slice(None)) -> tuple[int, int, int, int]:
         """``(tp, fp, fn, tn)`` at threshold ``t`` over the slices ``sl``."""
         tp_, pp, tt = int(self.tp[t][sl].sum()), int(self.npred[t][sl].sum()), int(self.ntrue[sl].sum())
-        n = self.pix_per_slice * len(range(len(self.ntrue))[sl])
+        n = int(self.counted[sl].sum())
         return tp_, pp - tp_, tt - tp_, n - pp - tt + tp_
 
     def per_image(self, t: float) -> dict[str, float]:
-        """The ratio metrics at threshold ``t``, averaged over the z-slices."""
-        rows = [_ratios(*self.confusion(t, slice(i, i + 1))) for i in range(len(self.ntrue))]
+        """The ratio metrics at threshold ``t``, averaged over the z-slices (those with labelled pixels)."""
+        scored = [i for i in range(len(self.ntrue)) if self.counted[i] > 0] or list(range(len(self.ntrue)))
+        rows = [_ratios(*self.confusion(t, slice(i, i + 1))) for i in scored]
         return {k: float(np.mean([r[k] for r in rows])) for k in RATIO_KEYS}
 
     def per_slice(self, t: float) -> dict[str, list[int]]:
@@ -191,28 +204,41 @@ class _BinaryCounts:
 
 
 def _count_binary(prediction: Prediction, labels: Volume, thresholds: list[float], main: float,
-                  keep: bool) -> tuple[_BinaryCounts, np.ndarray | None, np.ndarray | None]:
+                  keep: bool, ignore_value: int | None = None):
     """Stream the volumes slab by slab into per-slice counts; with ``keep``, also the whole
-    prediction (foreground at ``main``, or the label ids) and label volumes."""
+    prediction (foreground at ``main``, or the label ids) and label volumes, and where labels are
+    ``ignore_value`` (None without one). Ignored pixels are not counted and are background in the
+    kept volumes."""
     counts = _BinaryCounts.zeros(labels.shape, thresholds)
     gt_full = np.empty(labels.shape, labels.dtype) if keep else None
     keep_ids = keep and prediction.kind == "labels"
     pred_full = np.empty(labels.shape, prediction.volume.dtype if keep_ids else bool) if keep else None
+    ignored = np.zeros(labels.shape, bool) if keep and ignore_value is not None else None
     for z0, z1 in _slabs(labels.shape, "evaluate"):
         raw_t = labels[z0:z1]
         raw_p = prediction.volume[z0:z1]
+        labelled = None if ignore_value is None else raw_t != ignore_value
+        if labelled is not None:
+            counts.counted[z0:z1] = np.count_nonzero(labelled, axis=(1, 2))
+            if ignored is not None:
+                ignored[z0:z1] = ~labelled
+            raw_t = np.where(labelled, raw_t, 0)
+            if keep_ids:
+                raw_p = np.where(labelled, raw_p, 0)
         target = raw_t != 0
         counts.ntrue[z0:z1] = np.count_nonzero(target, axis=(1, 2))
         probs = prediction.probabilities(raw_p) if prediction.thresholded else None
         for t in thresholds:
             mask = probs > t if probs is not None else raw_p != 0
+            if labelled is not None:
+                mask &= labelled
             counts.tp[t][z0:z1] = np.count_nonzero(mask & target, axis=(1, 2))
             counts.npred[t][z0:z1] = np.count_nonzero(mask, axis=(1, 2))
             if keep and t == main:
                 pred_full[z0:z1] = raw_p if keep_ids else mask
         if keep:
             gt_full[z0:z1] = raw_t
-    return counts, pred_full, gt_full
+    return counts, pred_full, gt_full, ignored
 
 
 def _sweep(counts: _BinaryCounts, thresholds: list[float], per_image: bool) -> dict:
@@ -277,11 +303,12 @@ def _evaluate_multiclass(prediction: Prediction, labels: Volume, settings: Setti
         raw_t, raw_p = labels[z0:z1], prediction.volume[z0:z1]
         for i in range(z1 - z0):
             try:
-                cm = confusion_matrix(raw_p[i], raw_t[i], c)
+                cm = confusion_matrix(raw_p[i], raw_t[i], c, ignore_index=settings.ignore_value)
             except ValueError as exc:
                 raise InputError(f"{prediction.volume.path} / {labels.path} slice {z0 + i}: {exc}") from None
             total += cm
-            slice_miou.append(float(iou_per_class(cm)[1:].mean()))
+            if cm.sum() or settings.ignore_value is None:
+                slice_miou.append(float(iou_per_class(cm)[1:].mean()))
             tp = np.diag(cm)[1:]
             slice_counts.append((tp, cm.sum(axis=0)[1:] - tp, cm.sum(axis=1)[1:] - tp))  # rows: target
     ious = iou_per_class(total)
@@ -297,7 +324,7 @@ def _evaluate_multiclass(prediction: Prediction, labels: Volume, settings: Setti
         "confusion": total.tolist(),
     }
     if settings.per_image:
-        result["per_image"] = {"mean_iou": float(np.mean(slice_miou))}
+        result["per_image"] = {"mean_iou": float(np.mean(slice_miou)) if slice_miou else float("nan")}
     # per slice, per foreground class 1..c-1: what a paired bootstrap of the mean IoU needs
     result["per_slice"] = {k: [[int(v) for v in row[i]] for row in slice_counts] for i, k in enumerate(("tp", "fp", "fn"))}
     if settings.instance_metrics:
