@@ -235,6 +235,32 @@ def test_orthoplane_with_rescaling_is_refused(two_scales):
         run_prediction(paths["fine"], folder / "p_ortho", models=[model], settings=_settings(orthoplane=True))
 
 
+def _rescaled_peak_bytes(tmp_path, depth, name, model):
+    import tracemalloc
+
+    from cemkit.io import write_zarr
+
+    rng = np.random.default_rng(0)
+    vol = write_zarr(tmp_path / f"{name}.zarr", rng.integers(0, 256, (depth, 128, 128), dtype=np.uint8),
+                     chunks=(2, 128, 128), voxel_size=(30.0, 5.0, 5.0))
+    tracemalloc.start()
+    try:
+        rec = run_prediction(vol, tmp_path / f"out_{name}", models=[model],
+                             settings=_settings(tile_size=32, border=4, prob_dtype="float32"))
+        assert rec["pixel_size"]["scales"] == [0.5]
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_rescaled_prediction_memory_does_not_grow_with_the_volume(two_scales, tmp_path):
+    model = two_scales[2]
+    small = _rescaled_peak_bytes(tmp_path, 8, "small", model)
+    large = _rescaled_peak_bytes(tmp_path, 64, "large", model)
+    assert large < 0.25 * 64 * 128 * 128 * 4, (small, large)   # a quarter of the float32 map it wrote
+    assert large < 1.3 * small + 2**20, (small, large)
+
+
 # ------------------------------------------------------------------------------------ checkpoint, export and zoo
 @pytest.fixture(scope="module")
 def segmenter_file(tmp_path_factory):
@@ -277,3 +303,4 @@ def test_zoo_card_records_the_pixel_size(segmenter_file, tmp_path, monkeypatch):
     for bad, problem in ((0, "must be positive"), (-2, "must be positive"), (5000, "implausible")):
         with pytest.raises(InputError, match=rf"model card my\.yaml: pixel_size_nm: .*{problem}"):
             card_from_dict({**base, "pixel_size_nm": bad}, source="my.yaml")
+
