@@ -45,11 +45,19 @@ def build_logger(logger_cfg: DictConfig | dict | None):
 
 
 def build_trainer(trainer_cfg: DictConfig | dict, *, logger=None, callbacks: Sequence[Any] = (), default_root_dir=None, **overrides):
-    """Create a :class:`pytorch_lightning.Trainer` from a ``trainer/`` config plus overrides."""
+    """Create a :class:`pytorch_lightning.Trainer` from a ``trainer/`` config plus overrides.
+
+    ``precision: auto`` becomes the precision that is fast on the device the trainer runs on
+    (:func:`cemkit.precision.trainer_precision`, which logs the choice).
+    """
     import pytorch_lightning as pl
+
+    from cemkit.precision import trainer_precision
 
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
     kwargs.update(overrides)
+    if "precision" in kwargs:
+        kwargs["precision"] = trainer_precision(kwargs["precision"], kwargs.get("accelerator", "auto"))
     trainer = pl.Trainer(logger=logger if logger is not None else False, callbacks=list(callbacks),
                          default_root_dir=default_root_dir, **kwargs)
     if type(trainer.strategy.launcher).__name__ == "_SubprocessScriptLauncher":

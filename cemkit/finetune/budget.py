@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PROBE_STEPS = 6      # optimizer steps timed before the first plan (the first one is not counted)
 END_RESERVE_S = 5.0  # kept free for the final checkpoint and result files
+SHORT_PLAN = 1 / 3   # a plan below this fraction of the preset's tuned steps (budget.tuned_steps) is warned about
 
 
 def parse_duration(value: Any) -> float | None:
@@ -127,6 +128,41 @@ def planned_steps(step: int, remaining_s: float, step_s: float, val_s: float, va
     return end
 
 
+def short_plan_warning(planned: int, tuned_steps: int | None, step_s: float, precision: str, machine: str,
+                       emulated_bf16: bool) -> str | None:
+    """The warning for a plan of ``planned`` steps far below the ``tuned_steps`` its preset was tuned at
+    (below :data:`SHORT_PLAN` of them), naming the cause and what to do; ``None`` for a plan that is not.
+
+    Parameters
+    ----------
+    planned, tuned_steps
+        The planned steps and the preset's ``budget.tuned_steps`` (``None``: no check).
+    step_s
+        Measured seconds per optimizer step.
+    precision
+        The precision the trainer runs at.
+    machine
+        The machine line (:func:`cemkit.hardware.describe_machine`: the CPU, its cores and units).
+    emulated_bf16
+        Whether ``precision`` is bf16 on a CPU without bf16 units (:func:`cemkit.precision.emulates_bf16`).
+
+    Examples
+    --------
+    >>> short_plan_warning(400, 1146, 0.7, "bf16-mixed", "CPU: X, 2 cores", False) is None
+    True
+    """
+    if tuned_steps is None or planned >= SHORT_PLAN * tuned_steps:
+        return None
+    if emulated_bf16:
+        todo = ("bf16 autocast is emulated on this CPU: set trainer.precision=auto (float32 here) or 32-true "
+                "(12x faster steps on such a CPU in issue 27)")
+    else:
+        todo = ("raise trainer.max_time, run on more cores or a GPU (+experiment=gpu), or expect a lower accuracy "
+                "than the preset's")
+    return (f"time budget plans {planned} steps, below a third of the {tuned_steps} this preset was tuned at "
+            f"(budget.tuned_steps): {step_s:.2f} s a step at precision {precision} on {machine}. {todo}")
+
+
 def retarget_schedule(scheduler: Any, total: int) -> None:
     """Give a running ``OneCycleLR`` or :class:`PolyLambda` schedule a new length ``total`` (in steps)."""
     import torch
@@ -187,12 +223,16 @@ class TimeBudget(Callback):
         Objects with a ``max_steps`` attribute kept equal to the plan (the resume-point callback).
     max_steps
         Upper bound of the plan (``trainer.max_steps``): the run ends at whichever comes first.
+    tuned_steps
+        The steps the preset was tuned at (``budget.tuned_steps``): a first plan far below it is warned
+        about (:func:`short_plan_warning`).
     """
 
     def __init__(self, seconds: float, val_every: int, started: float | None = None, val_fraction: float = 0.05,
-                 followers: Sequence[Any] = (), max_steps: int | None = None):
+                 followers: Sequence[Any] = (), max_steps: int | None = None, tuned_steps: int | None = None):
         self.seconds, self.val_every = float(seconds), int(val_every)
         self.max_steps = None if max_steps is None else int(max_steps)
+        self.tuned_steps = None if tuned_steps is None else int(tuned_steps)
         self.started = time.monotonic() if started is None else float(started)
         self.val_fraction, self.followers = float(val_fraction), list(followers)
         self.spent_before = 0.0            # seconds spent by the interrupted run this one resumes
@@ -265,7 +305,22 @@ class TimeBudget(Callback):
                 f"about {val_s:.0f} s (val.every={self.val_every}), and {max(0.0, remaining):.0f} s are left after "
                 f"{step} steps; raise trainer.max_time")
         log.info("time budget %.0f s: %.2f s a step -> %d steps", self.seconds, self.step_s, total)
+        self._check_plan(trainer, total)
         self._apply(trainer, pl_module, total)
+
+    def _check_plan(self, trainer, total: int) -> None:
+        from pytorch_lightning.accelerators import CPUAccelerator
+
+        from cemkit.hardware import cpu_features, describe_machine
+        from cemkit.precision import emulates_bf16
+
+        planned = total if self.max_steps is None else min(total, self.max_steps)
+        precision = str(trainer.precision)
+        device = "cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "other"
+        warning = short_plan_warning(planned, self.tuned_steps, self.step_s, precision, describe_machine(),
+                                     emulates_bf16(precision, device, cpu_features()))
+        if warning is not None:
+            log.warning(warning)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self._block is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,8 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
               "history": module.history, "norms": list(norms), "init": str(init_value), "init_kind": init.kind,
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch,
-              "pixel_size_nm": data.pixel_size_nm}
+              "pixel_size_nm": data.pixel_size_nm,
+              "precision": str(trainer.precision)}  # trainer.precision=auto resolved (cemkit/precision.py)
     budget = callbacks.get("budget")
     if budget is not None:
         result["budget"] = {"seconds": budget.seconds, "step_seconds": budget.step_s, "planned_steps": budget.total,
@@ -138,10 +138,12 @@ def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: 
     logger = _logger_for(cfg.logger, out_dir, f"{frames}fm")
     roles: dict[str, Any] = {"best": ckpt_cb, "last": last_cb}
     callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport()]
+    tuned_steps = cfg.budget.tuned_steps
     if budget_s is not None:
         pixels = val_every * int(d.batch_size) * int(d.crop) ** 2
         roles["budget"] = TimeBudget(budget_s, val_every, started=started, followers=[last_cb], max_steps=total,
-                                     val_fraction=_validation_fraction(loaders.val_dataset, pixels))
+                                     val_fraction=_validation_fraction(loaders.val_dataset, pixels),
+                                     tuned_steps=tuned_steps)
         callbacks.insert(0, roles["budget"])
     if logger is not None:
         from pytorch_lightning.callbacks import LearningRateMonitor
@@ -200,28 +202,16 @@ def _ckpt_path(spec: Any, out_dir: Path) -> str | None:
     return str(path)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX): without them bf16 autocast is slower
-    than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def warn_about_the_cpu(cfg: DictConfig, budget_s: float | None) -> None:
-    """Warn when a CPU run's settings were made for another machine (bf16 without bf16 units, fewer cores)."""
+    """Warn when a budgeted CPU run has fewer cores than the presets were tuned for (a bf16 precision on a CPU
+    without bf16 units is warned about where the trainer is built: :func:`cemkit.precision.trainer_precision`)."""
     import torch
 
+    from cemkit.hardware import cpu_features
+
     on_cpu = str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available()
-    if not on_cpu:
-        return
-    if "bf16" in str(cfg.trainer.precision) and not cpu_has_native_bf16():
-        log.warning("trainer.precision=%s on a CPU without AVX512-BF16/AMX: bf16 autocast is emulated and slower "
-                    "than float32 here; set trainer.precision=32-true", cfg.trainer.precision)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if budget_s is not None and cores < 2:
+    cores = cpu_features().cores
+    if on_cpu and budget_s is not None and cores < 2:
         log.warning("%d CPU core: the presets are tuned for 2; the time budget (%.0f s) still holds, with about "
                     "half the steps, so expect a lower accuracy", cores, budget_s)
 
