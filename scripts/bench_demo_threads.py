@@ -88,6 +88,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.threads, args.steps, args.warmup)
         return
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
     if args.quick:
         args.steps, args.warmup, args.repeats = 3, 1, 1
     from cemkit.demo.branches import available_cores

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
 
     results: dict[str, dict] = {}
     for init in args.init:

@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-tiny", action="store_true", help="run on the CPU with tiny sizes (a code-path check)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     args = p.parse_args(argv)
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
     if args.part == "moco":
         return moco(args.cpu_tiny, args.steps)
     if args.part == "finetune":

@@ -175,6 +175,9 @@ def main() -> None:
     if args.quick:
         args.repeats, args.rss_small, args.rss_large = 1, 8, 32
 
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     vol = load_volume(args.quick)
     model = BenchNet().eval()

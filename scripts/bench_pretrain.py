@@ -266,6 +266,9 @@ def main(argv=None) -> int:
                    help="CPU steps: wall time, or process CPU time (steadier on a shared machine)")
     p.add_argument("--no-lightly", action="store_true")
     args = p.parse_args(argv)
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
 
     if not args.no_steps:
         bench_steps(args)

@@ -89,6 +89,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.out)
         return
+    from cemkit.hardware import describe_machine
+
+    print(describe_machine(), flush=True)  # the machine the numbers were taken on
 
     import numpy as np
 
