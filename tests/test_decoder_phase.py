@@ -18,6 +18,7 @@ from cemkit.models.deepem3d import (
     DeepEM3DSegmenter,
     TapUpsampler,
     dilated_transposed_padding,
+    faster_upsample_form,
     phase_kernel,
     transposed_phase_plan,
     upsample_transposed,
@@ -106,12 +107,42 @@ def test_segmenter_equals_its_transposed_reference(frames, size):
     for p in model.decoder.parameters():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, frames, *size, dtype=torch.float64)
+    outputs = {}
     with torch.no_grad():
-        fast = model(x)
-        for tap in model.decoder.taps:
-            tap.transposed_reference = True
-        reference = model(x)
-    assert torch.allclose(fast, reference, atol=1e-9, rtol=0)
+        for form in ("auto", "phase", "transposed"):
+            for tap in model.decoder.taps:
+                tap.form = form
+            outputs[form] = model(x)
+    assert torch.allclose(outputs["phase"], outputs["transposed"], atol=1e-9, rtol=0)
+    assert torch.allclose(outputs["auto"], outputs["transposed"], atol=1e-9, rtol=0)
+
+
+def test_the_faster_form_follows_the_measured_rule():
+    # docs/results.md "Precision and decoder form per machine": on a CPU, float32 runs the phase form only
+    # at stride 16, bf16 everywhere but stride 2; CUDA keeps the phase form
+    cpu32 = [faster_upsample_form("cpu", torch.float32, s) for s in (2, 4, 8, 16, 32)]
+    assert cpu32 == ["transposed", "transposed", "transposed", "phase", "transposed"]
+    assert faster_upsample_form("cpu", torch.float64, 16) == "phase"
+    cpu16 = [faster_upsample_form("cpu", torch.bfloat16, s) for s in (2, 4, 8, 16, 32)]
+    assert cpu16 == ["transposed", "phase", "phase", "phase", "phase"]
+    assert {faster_upsample_form("cuda", t, s) for t in (torch.float32, torch.bfloat16) for s in (2, 32)} == {"phase"}
+
+
+def test_auto_picks_the_form_by_the_autocast_dtype(monkeypatch):
+    tap = TapUpsampler(4, 2, width=2, out_channels=1, dilations=(5,))
+    x = torch.randn(1, 4, 3, 3)
+    assert tap.form_for(x) == "transposed" and tap.form_for(x.double()) == "transposed"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tap.form_for(x) == "transposed"  # stride 2
+    deep = TapUpsampler(4, 32, width=2, out_channels=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert deep.form_for(x) == "phase"
+    assert deep.form_for(x) == "transposed"
+    deep.transposed_reference = False
+    assert deep.form == "phase" and deep.form_for(x) == "phase"
+    deep.form = "fast"
+    with pytest.raises(ValueError, match="form must be one of"):
+        deep(x)
 
 
 def test_a_cemkit_0_1_checkpoint_loads_and_predicts_the_same():

@@ -223,13 +223,62 @@ def _plan_of(conv: nn.ConvTranspose2d) -> PhasePlan | None:
         return None
 
 
+UPSAMPLE_FORMS = ("auto", "phase", "transposed")
+
+
+# The faster exact form of a tap's transposed convolutions on a CPU, by precision and stride. Measured
+# (docs/results.md, "Precision and decoder form per machine") on resnet18's taps, batch 8 x 256^2 px, one tap's
+# upsampling forward + backward, channels_last, CPU time of 1 thread, median of 5 interleaved repeats, on an
+# AMD EPYC with AVX-512, bf16 units and VNNI; phase / transposed time:
+#   stride (channels, dilated branches)  2 (64, 4)   4 (64, 4)   8 (128, 4)   16 (256, 0)   32 (512, 0)
+#   float32                              1.79 1.83   1.09 1.14   1.30 1.26    0.35 0.37     1.55 1.54
+#   float32, oneDNN and ATen held to AVX2  1.71      1.09        1.26         0.40          1.38
+#   bf16 autocast                        1.29 1.36   0.65 0.64   0.87 0.85    0.29 0.31     0.42 0.44
+# (two runs each; one for AVX2). Over all taps: at float32 the phase form takes 1.23-1.26x the transposed
+# form's time, the picked forms 0.87-0.88x; at bf16 the phase form 0.65-0.67x, the picked forms 0.60-0.61x
+# (0.92x the phase form's). On CUDA the phase form is kept (not measured against the other yet).
+_CPU_PHASE_STRIDES = {"float32": frozenset({16}), "low": frozenset({4, 8, 16, 32})}
+
+
+def faster_upsample_form(device: str, dtype: torch.dtype, stride: int) -> str:
+    """The faster of the two exact forms (``phase`` or ``transposed``) of a tap's transposed convolutions.
+
+    Parameters
+    ----------
+    device
+        The device type of the call (``cpu``, ``cuda``, ...).
+    dtype
+        The dtype the convolutions compute in (the autocast dtype under autocast).
+    stride
+        The tap's stride.
+
+    Returns
+    -------
+    str
+        On a CPU, the measured faster form (see the table above): at float32 (and float64) the phase
+        form only at stride 16; at bf16 / float16 the phase form except at stride 2. Elsewhere ``phase``.
+
+    Examples
+    --------
+    >>> [faster_upsample_form("cpu", torch.float32, s) for s in (2, 16, 32)]
+    ['transposed', 'phase', 'transposed']
+    >>> [faster_upsample_form("cpu", torch.bfloat16, s) for s in (2, 16, 32)]
+    ['transposed', 'phase', 'phase']
+    """
+    if device != "cpu":
+        return "phase"
+    low = dtype in (torch.bfloat16, torch.float16)
+    return "phase" if int(stride) in _CPU_PHASE_STRIDES["low" if low else "float32"] else "transposed"
+
+
 class TapUpsampler(nn.Module):
     """One encoder tap to full resolution: bilinear-initialised deconv + dilated deconvs, summed, then a head.
 
-    The transposed convolutions keep their parameters (and checkpoint keys) but run as
-    :func:`phase_conv` with a pixel shuffle: the branches' phase maps are summed before one shuffle.
-    ``exact_reference=True`` runs them as ``nn.ConvTranspose2d`` instead (cemkit 0.1's formulation, for
-    tests and benchmarks).
+    The transposed convolutions keep their parameters (and checkpoint keys) and run in one of two exact
+    forms (:attr:`form`): ``phase``, as :func:`phase_conv` with a pixel shuffle (the branches' phase maps
+    summed before one shuffle), or ``transposed``, as ``nn.ConvTranspose2d`` (cemkit 0.1's formulation).
+    ``auto`` (the default) runs the form that is faster for the device and precision of the call
+    (:func:`faster_upsample_form`). ``transposed_reference = True`` is ``form = "transposed"``.
 
     Parameters
     ----------
@@ -251,7 +300,7 @@ class TapUpsampler(nn.Module):
                  dilations: Sequence[int] = (), final_relu: bool = False):
         super().__init__()
         self.stride = int(stride)
-        self.transposed_reference = False
+        self.form = "auto"
         if self.stride == 1:
             self.plain = nn.Conv2d(in_channels, width, kernel_size=1)
             self.dilated = nn.ModuleList()
@@ -278,9 +327,32 @@ class TapUpsampler(nn.Module):
             layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
         self.head = nn.Sequential(*layers)
 
+    @property
+    def transposed_reference(self) -> bool:
+        """Whether the transposed convolutions run as ``nn.ConvTranspose2d`` (``form == "transposed"``)."""
+        return self.form == "transposed"
+
+    @transposed_reference.setter
+    def transposed_reference(self, value: bool) -> None:
+        self.form = "transposed" if value else "phase"
+
+    def form_for(self, x: torch.Tensor) -> str:
+        """The form this call runs: :attr:`form`, or with ``auto`` the faster one for ``x``'s device and the
+        precision it is computed at (the autocast dtype under autocast). A traced or exported model keeps
+        the phase form (the form of every exported model so far)."""
+        if self.form not in UPSAMPLE_FORMS:
+            raise ValueError(f"TapUpsampler.form must be one of {UPSAMPLE_FORMS}, got {self.form!r}")
+        if self.form != "auto":
+            return self.form
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+            return "phase"
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return faster_upsample_form(device, dtype, self.stride)
+
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
         """The summed branches at full resolution, before the head."""
-        if self.stride == 1 or self.transposed_reference:
+        if self.stride == 1 or self.form_for(x) == "transposed":
             y = self.plain(x)
             for conv in self.dilated:
                 y = y + conv(x)
