@@ -12,13 +12,23 @@ Reference (CEM500K, ``crop_patches.py`` + ``deduplicate.py``): per patch
 ``imagehash.dhash(Image.fromarray(p).resize((224, 224), resample=2))``; then per source, in a given
 random order, the per-exemplar loop ``matches = np.where(np.logical_xor(ref, hashes).sum(1) <= d)``
 followed by ``np.delete`` of the matches.
-cemkit: ``cemkit.curate.dhash.dhash_batch`` + ``cemkit.curate.dedup.leader_cluster`` per source.
+cemkit: ``cemkit.curate.dhash.dhash_batch`` + ``cemkit.curate.dedup.leader_cluster`` per source,
+once per dHash path (``--paths``; default: ``int8`` and ``float32`` where the CPU has VNNI or AMX,
+else the path ``auto`` picks, ``float32``: torch's int8 GEMM is a plain loop there).
 
 Both run one process per source in a pool of ``--workers`` processes (CEM500K's scripts use
-``multiprocessing.Pool`` too), on the same per-source shuffled order. Prints patches/s of each
-(median of ``--repeats`` runs), their ratio, exemplar counts, and whether every hash agrees.
+``multiprocessing.Pool`` too), on the same per-source shuffled order. Prints the machine, then
+patches/s of each side (median of ``--repeats`` interleaved runs), the ratio of each dHash path
+to the reference (wall clock, and CPU seconds of the workers, which other jobs on a shared machine
+disturb less), exemplar counts, and whether every hash agrees.
+
+``--emulate-avx2`` runs the workers as on an AVX2-only CPU where that is under software control:
+numpy's OpenBLAS with its Haswell (AVX2) kernels (``OPENBLAS_CORETYPE=Haswell``), torch's own
+kernels at AVX2 (``ATEN_CPU_CAPABILITY=avx2``), MKL and oneDNN capped at AVX2, and only the
+paths such a CPU gets by default. PIL (the reference) has no SIMD dispatch to cap.
 
     .venv/bin/python scripts/bench_curate.py --workers 2
+    .venv/bin/python scripts/bench_curate.py --workers 2 --emulate-avx2
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 P = 224
+AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def windows(image: np.ndarray, stride: int) -> np.ndarray:
@@ -93,7 +105,7 @@ def reference_source(args):
 
     path, order, d = args
     patches = np.load(path, mmap_mode="r")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     hashes = np.array([imagehash.dhash(Image.fromarray(np.asarray(p)).resize((P, P), resample=2), hash_size=8).hash
                        for p in patches]).reshape(len(patches), -1)
     impaths = np.arange(len(patches))[order]  # np.random.permutation(impaths), with a given permutation
@@ -105,23 +117,23 @@ def reference_source(args):
         exemplars.append(impaths[matches[0]])
         hashes = np.delete(hashes, matches, axis=0)
         impaths = np.delete(impaths, matches, axis=0)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     packed = np.packbits(np.array([imagehash.dhash(Image.fromarray(np.asarray(p))).hash.ravel()
                                    for p in patches[:256]]), axis=1).view(">u8").ravel()
-    return len(exemplars), elapsed, packed.astype(np.uint64)
+    return len(exemplars), elapsed, packed.astype(np.uint64), cpu
 
 
 def cemkit_source(args):
     from cemkit.curate.dedup import leader_cluster
     from cemkit.curate.dhash import dhash_batch
 
-    path, order, d = args
+    path, order, d, dhash_path = args
     patches = np.load(path, mmap_mode="r")
-    t0 = time.perf_counter()
-    hashes = dhash_batch(patches, 8)  # batched, one BLAS thread per process
+    t0, c0 = time.perf_counter(), time.process_time()
+    hashes = dhash_batch(patches, 8, path=dhash_path)  # batched, one BLAS thread per process
     res = leader_cluster(hashes, d, order)
-    elapsed = time.perf_counter() - t0
-    return res.n_exemplars, elapsed, hashes[:256]
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return res.n_exemplars, elapsed, hashes[:256], cpu
 
 
 def warm_up(_):
@@ -131,10 +143,12 @@ def warm_up(_):
 
     from cemkit.curate.dedup import leader_cluster
     from cemkit.curate.dhash import dhash_batch
+    from cemkit.curate.dhash_paths import PATHS
 
     x = np.zeros((2, P, P), np.uint8)
     imagehash.dhash(Image.fromarray(x[0]))
-    leader_cluster(dhash_batch(x), 12)
+    for path in PATHS:
+        leader_cluster(dhash_batch(x, path=path), 12)
     return 0
 
 
@@ -158,10 +172,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-patches", type=int, default=50_000)
+    ap.add_argument("--paths", nargs="+", choices=("int8", "float32", "float64"), default=None,
+                    help="dHash paths to time (default: int8 and float32 with VNNI/AMX, else float32)")
+    ap.add_argument("--emulate-avx2", action="store_true",
+                    help="workers use AVX2 kernels (OpenBLAS Haswell, torch/MKL/oneDNN at AVX2) and the AVX2 paths")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "cemkit" / "bench_curate")
     args = ap.parse_args()
     from cemkit.curate.dedup import source_order
+    from cemkit.curate.dhash_paths import choose_path, int8_gemm_available
+    from cemkit.hardware import CpuFeatures, cpu_features, describe_machine
+
+    print(describe_machine())
+    features = cpu_features()
+    if args.emulate_avx2:
+        os.environ.update(AVX2_ENV)  # inherited by the spawned workers (this process computes nothing)
+        features = CpuFeatures.from_flags(features.model, {"avx2"}, features.cores)
+        print("emulating an AVX2-only CPU in the workers: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
+    auto = choose_path(features, int8_gemm_available())
+    paths = args.paths or (["int8", "float32"] if auto == "int8" else [auto])
+    print(f"dHash path auto picks here: {auto}; timing: {', '.join(paths)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_curate_") as tmp:
         sources = build_sources(Path(tmp), args.cache, args.stride, args.volumes, tuple(args.shape))
@@ -172,32 +202,40 @@ def main() -> None:
             sys.exit(f"only {total} patches (< {args.min_patches}); raise --volumes or lower --stride")
         # largest sources first so the pool stays busy (same task order for both)
         order = sorted(sources, key=lambda s: -sizes[s[0]])
-        tasks = [(str(p), source_order(sizes[name], args.seed, name), args.hamming) for name, p in order]
-        ref_walls, cem_walls = [], []
+        base = [(str(p), source_order(sizes[name], args.seed, name), args.hamming) for name, p in order]
+        ref_walls, cem_walls = [], {path: [] for path in paths}
+        ref_cpus, cem_cpus = [], {path: [] for path in paths}
+        cem = {}
         for r in range(args.repeats):
-            ref, wall = timed_pool(reference_source, tasks, args.workers)
+            ref, wall = timed_pool(reference_source, base, args.workers)
             ref_walls.append(wall)
-            cem, wall = timed_pool(cemkit_source, tasks, args.workers)
-            cem_walls.append(wall)
-            print(f"repeat {r + 1}: reference {total / ref_walls[-1]:,.0f} patches/s, "
-                  f"cemkit {total / cem_walls[-1]:,.0f} patches/s", flush=True)
+            ref_cpus.append(sum(x[3] for x in ref))
+            line = f"repeat {r + 1}: reference {total / wall:,.0f} patches/s"
+            for path in paths:
+                cem[path], wall = timed_pool(cemkit_source, [t + (path,) for t in base], args.workers)
+                cem_walls[path].append(wall)
+                cem_cpus[path].append(sum(x[3] for x in cem[path]))
+                line += f", cemkit {path} {total / wall:,.0f} patches/s"
+            print(line, flush=True)
         ref_ex = sum(x[0] for x in ref)
-        cem_ex = sum(x[0] for x in cem)
-        same_hash = all(np.array_equal(a[2], b[2]) for a, b in zip(ref, cem))
         ref_rate = total / statistics.median(ref_walls)
-        cem_rate = total / statistics.median(cem_walls)
         print()
         print(f"patches            {total}")
         print(f"workers            {args.workers}")
         print(f"reference (CEM500K imagehash + per-exemplar loop): {ref_rate:,.0f} patches/s "
-              f"(median wall {statistics.median(ref_walls):.2f} s)")
-        print(f"cemkit (batched dhash + blocked leader clustering): {cem_rate:,.0f} patches/s "
-              f"(median wall {statistics.median(cem_walls):.2f} s)")
-        print(f"ratio cemkit / reference: {cem_rate / ref_rate:.1f}x")
-        print(f"exemplars: reference {ref_ex}, cemkit {cem_ex}, same: {ref_ex == cem_ex}")
-        print(f"hashes of the first 256 patches per source equal to imagehash: {same_hash}")
-        per_source = {name: (a[0], b[0]) for (name, _), a, b in zip(order, ref, cem)}
-        print(f"exemplars per source (reference, cemkit): {per_source}")
+              f"(median wall {statistics.median(ref_walls):.2f} s, CPU {statistics.median(ref_cpus):.2f} s)")
+        for path in paths:
+            cem_rate = total / statistics.median(cem_walls[path])
+            cem_ex = sum(x[0] for x in cem[path])
+            same_hash = all(np.array_equal(a[2], b[2]) for a, b in zip(ref, cem[path]))
+            print(f"cemkit, dHash path {path} (batched dhash + blocked leader clustering): {cem_rate:,.0f} patches/s "
+                  f"(median wall {statistics.median(cem_walls[path]):.2f} s, CPU {statistics.median(cem_cpus[path]):.2f} s)")
+            print(f"  ratio cemkit {path} / reference: {cem_rate / ref_rate:.1f}x "
+                  f"(CPU seconds of the workers: {statistics.median(ref_cpus) / statistics.median(cem_cpus[path]):.1f}x)")
+            print(f"  exemplars: reference {ref_ex}, cemkit {cem_ex}, same: {ref_ex == cem_ex}; "
+                  f"hashes of the first 256 patches per source equal to imagehash: {same_hash}")
+        per_source = {name: (a[0], b[0]) for (name, _), a, b in zip(order, ref, cem[paths[0]])}
+        print(f"exemplars per source (reference, cemkit {paths[0]}): {per_source}")
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def test_float32_digits_are_exact_for_the_dhash_sizes():
     for in_size in (8, 9, 17, 37, 150, 224, 300, 1024):
         for out_size in (8, 9):
             mat, base = float32_digits(in_size, out_size)
-            hi, lo = mat[:, :out_size].astype(np.int64), mat[:, out_size:].astype(np.int64)
+            lo, hi = mat[:, :out_size].astype(np.int64), mat[:, out_size:].astype(np.int64)
             w = dhash_paths.resample_matrix(in_size, out_size).astype(np.int64)
             np.testing.assert_array_equal(hi * base + lo, w)
             assert 255 * max(np.abs(hi).sum(0).max(), np.abs(lo).sum(0).max()) < 2 ** 24

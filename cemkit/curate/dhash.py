@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from cemkit.curate.dhash_paths import horizontal_pass, resolve_path
+from cemkit.curate.dhash_paths import SCRATCH_ELEMENTS, horizontal_pass, resolve_path
 from cemkit.curate.lanczos_weights import PRECISION_BITS, resample_matrix
 
 __all__ = ["PRECISION_BITS", "dhash_batch", "dhash_bits", "hash_to_hex", "hex_to_hash", "horizontal_first",
@@ -54,7 +54,8 @@ def resize_lanczos_u8(images: np.ndarray, out_w: int, out_h: int, buf: np.ndarra
     out_w, out_h : int
         Output width and height.
     buf : np.ndarray, optional
-        float32 scratch memory of at least ``N * H * W`` elements, reused between calls.
+        float32 scratch memory (:data:`~cemkit.curate.dhash_paths.SCRATCH_ELEMENTS` + ``max(H, W)``
+        elements are always enough), reused between calls.
     path : str, optional
         ``int8``, ``float32``, ``float64`` or ``auto`` (:func:`cemkit.curate.dhash_paths.resolve_path`;
         default: ``$CEMKIT_DHASH_PATH``, else ``auto``). Every path gives the same result.
@@ -109,7 +110,7 @@ def dhash_batch(images: np.ndarray, hash_size: int = 8, batch_size: int = 16, pa
     hash_size : int
         Hash side (2..8); the hash has ``hash_size**2`` bits, packed into one uint64.
     batch_size : int
-        Images processed at once (about ``batch_size * H * W * 12`` bytes of scratch memory).
+        Images processed at once (about ``batch_size * H * W * 6`` bytes of scratch memory, plus 1 MiB).
     path : str, optional
         Exact GEMM path (``int8``, ``float32``, ``float64``, ``auto``); default ``$CEMKIT_DHASH_PATH``,
         else ``auto``: the fastest on this CPU (:mod:`cemkit.curate.dhash_paths`). Same hashes on every path.
@@ -138,7 +139,7 @@ def _hash_batches(images, out, hash_size, batch_size, nbits, weights, path) -> N
     for start in range(0, n, batch_size):
         chunk = np.ascontiguousarray(images[start:start + batch_size], dtype=np.uint8)
         if buf is None:
-            buf = np.empty(chunk.size, np.float32)
+            buf = np.empty(SCRATCH_ELEMENTS + max(chunk.shape[1:]), np.float32)
         bits = dhash_bits(chunk, hash_size, buf, path).reshape(len(chunk), nbits)
         if nbits == 64:
             out[start:start + len(chunk)] = np.packbits(bits, axis=1).view(">u8").ravel()

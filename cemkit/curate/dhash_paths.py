@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 PATHS = ("int8", "float32", "float64")
 ENV_VAR = "CEMKIT_DHASH_PATH"
 _F32_EXACT = float(1 << 24)
-_HALF = 1 << (PRECISION_BITS - 1)
+_UNIT = 2.0 ** -PRECISION_BITS  # scaling by a power of two is exact in floating point
+SCRATCH_ELEMENTS = 1 << 18  # float32 pixels converted and multiplied at once (1 MiB: stays in L2 cache)
 
 
 def choose_path(features: CpuFeatures, int8_available: bool = True) -> str:
@@ -102,7 +103,7 @@ def float32_digits(in_size: int, out_size: int) -> tuple[np.ndarray, int] | None
     Returns
     -------
     tuple or None
-        ``(matrix (in_size, 2 * out_size) float32 = [hi | lo], base)``, or None when no base
+        ``(matrix (in_size, 2 * out_size) float32 = [lo | hi], base)``, or None when no base
         satisfies the bound.
     """
     w = resample_matrix(in_size, out_size).astype(np.int64)
@@ -112,10 +113,33 @@ def float32_digits(in_size: int, out_size: int) -> tuple[np.ndarray, int] | None
         hi = (w - lo) // base
         if (255 * np.abs(lo).sum(0).max() < _F32_EXACT
                 and 255 * np.abs(hi).sum(0).max() < _F32_EXACT):
-            mat = np.ascontiguousarray(np.concatenate([hi, lo], axis=1).astype(np.float32))
+            mat = np.ascontiguousarray(np.concatenate([lo, hi], axis=1).astype(np.float32))
             mat.setflags(write=False)
             return mat, base
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def digit_weights(base: int, n_digits: int, out_size: int, n_cols: int) -> np.ndarray:
+    """``(n_cols, out_size)`` float64 matrix that sums digit products into scaled pixel sums.
+
+    Column block ``j`` (``out_size`` columns, ``j = 0`` least significant) of a digit product gets
+    the weight ``base**j * 2**-22``; rows past ``n_digits * out_size`` (padding) are zero. Every
+    entry is a power of two, so the float64 product with integer digit sums below ``2**31`` is
+    the exact ``sum / 2**22``.
+
+    Examples
+    --------
+    >>> digit_weights(128, 2, 1, 3) * 2 ** 22
+    array([[  1.],
+           [128.],
+           [  0.]])
+    """
+    mat = np.zeros((n_cols, out_size), np.float64)
+    for j in range(n_digits):
+        mat[j * out_size:(j + 1) * out_size] = np.eye(out_size) * (float(base) ** j * _UNIT)
+    mat.setflags(write=False)
+    return mat
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,12 +173,14 @@ def int8_digits(in_size: int, out_size: int):
     return torch.from_numpy(mat), len(digits), w.sum(axis=0)
 
 
-def _to_u8(acc: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``clip((acc + 2**21) >> 22, 0, 255)`` as uint8 (``acc`` int64, modified in place)."""
-    acc += _HALF
-    np.right_shift(acc, PRECISION_BITS, out=acc)  # arithmetic shift == floor division
-    np.clip(acc, 0, 255, out=acc)
-    return acc.astype(np.uint8).reshape(shape)
+def _to_u8(scaled: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """PIL's ``clip((2**21 + sum) >> 22, 0, 255)`` from ``scaled = (2**21 + sum) / 2**22`` (float64, exact).
+
+    Clipping to ``[0, 255]`` first makes the truncating cast to uint8 a floor. ``scaled`` is
+    modified in place.
+    """
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8).reshape(shape)
 
 
 def horizontal_int8(x: np.ndarray, out_w: int) -> np.ndarray:
@@ -174,19 +200,17 @@ def horizontal_int8(x: np.ndarray, out_w: int) -> np.ndarray:
         sums = torch._int_mm(torch.from_numpy(np.ascontiguousarray(rows)), mat).numpy()[: n * h]
     finally:
         torch.set_num_threads(threads)
-    acc = sums[:, (nd - 1) * out_w:nd * out_w].astype(np.int64)
-    for j in reversed(range(nd - 1)):
-        acc *= 128
-        acc += sums[:, j * out_w:(j + 1) * out_w]
-    acc += 128 * colsum
-    return _to_u8(acc, (n, h, out_w))
+    scaled = sums.astype(np.float64) @ digit_weights(128, nd, out_w, sums.shape[1])
+    scaled += (128 * colsum + (1 << (PRECISION_BITS - 1))) * _UNIT
+    return _to_u8(scaled, (n, h, out_w))
 
 
 def horizontal_float32(x: np.ndarray, out_w: int, buf: np.ndarray | None = None) -> np.ndarray:
     """Horizontal pass as one float32 GEMM on two weight digits (:func:`float32_digits`).
 
-    Falls back to :func:`horizontal_float64` when no split is exact. ``buf``: optional float32
-    scratch of at least ``N * H * W`` elements.
+    Falls back to :func:`horizontal_float64` when no split is exact. Rows are converted to
+    float32 and multiplied :data:`SCRATCH_ELEMENTS` pixels at a time, in ``buf`` (optional float32
+    scratch; allocated when smaller than ``min(N * H, SCRATCH_ELEMENTS // W) * W``).
     """
     n, h, w = x.shape
     split = float32_digits(w, out_w)
@@ -194,21 +218,26 @@ def horizontal_float32(x: np.ndarray, out_w: int, buf: np.ndarray | None = None)
         return horizontal_float64(x, out_w)
     mat, base = split
     rows = x.reshape(n * h, w)
-    if buf is None or buf.size < rows.size:
-        buf = np.empty(rows.size, np.float32)
-    xf = buf[: rows.size].reshape(rows.shape)
-    np.copyto(xf, rows)
-    digits = (xf @ mat).astype(np.int64)  # exact integers (see float32_digits)
-    acc = digits[:, :out_w] * base
-    acc += digits[:, out_w:]
-    return _to_u8(acc, (n, h, out_w))
+    step = min(len(rows), max(1, SCRATCH_ELEMENTS // w))
+    if buf is None or buf.size < step * w:
+        buf = np.empty(step * w, np.float32)
+    digits = np.empty((len(rows), mat.shape[1]), np.float32)
+    for r0 in range(0, len(rows), step):
+        r1 = min(len(rows), r0 + step)
+        xf = buf[: (r1 - r0) * w].reshape(r1 - r0, w)
+        np.copyto(xf, rows[r0:r1])
+        np.matmul(xf, mat, out=digits[r0:r1])  # exact integers (see float32_digits)
+    scaled = digits.astype(np.float64) @ digit_weights(base, 2, out_w, 2 * out_w)
+    scaled += 0.5
+    return _to_u8(scaled, (n, h, out_w))
 
 
 def horizontal_float64(x: np.ndarray, out_w: int) -> np.ndarray:
     """Horizontal pass as one float64 GEMM on the whole weights (partial sums far below ``2**53``)."""
     n, h, w = x.shape
-    acc = (x.reshape(n * h, w).astype(np.float64) @ resample_matrix(w, out_w)).astype(np.int64)
-    return _to_u8(acc, (n, h, out_w))
+    scaled = x.reshape(n * h, w).astype(np.float64) @ (resample_matrix(w, out_w) * _UNIT)
+    scaled += 0.5
+    return _to_u8(scaled, (n, h, out_w))
 
 
 def horizontal_pass(x: np.ndarray, out_w: int, path: str, buf: np.ndarray | None = None) -> np.ndarray:
