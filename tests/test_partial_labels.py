@@ -184,17 +184,24 @@ def test_ignored_pixels_change_no_validation_metric():
     assert results[0][0].sum() == 2 * 16 * 10
 
 
-def test_training_with_an_ignore_value_runs(tmp_path):
-    sv = make_volume(shape=(4, 64, 64), seed=4)
+def test_an_ignore_value_in_label_files(tmp_path):
+    sv = make_volume(shape=(4, 32, 32), seed=4)
     labels = (sv.mito * 255).astype(np.uint8)
-    labels[:, :, 40:] = 2  # the right part of every slice is not labelled
+    labels[:, :, 20:] = 2  # the right part of every slice is not labelled
     img = write_tif_stack(tmp_path / "img.tif", sv.image)
     lab = write_tif_stack(tmp_path / "lab.tif", labels)
-    base = ["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}", "trainer.max_steps=2",
-            "val.every=2", "data.crop=32", "data.batch_size=2"]
-    assert cli(base + [f"output={tmp_path / 'bad'}"]) == 2  # without data.ignore_value, 2 is not a label
-    assert cli(base + ["data.ignore_value=2", f"output={tmp_path / 'ok'}"]) == 0
-    assert json.loads((tmp_path / "ok" / "1fm" / "result.json").read_text())["steps"] == 2
+    with pytest.raises(InputError, match=r"lab\.tif: binary labels must be 0/1 or 0/255, found values \[0, 2, 255\]"):
+        read_labelled_volume(img, lab)  # without data.ignore_value, 2 is not a label
+    vol = read_labelled_volume(img, lab, ignore_value=2)
+    assert (vol.label[:, :, 20:] == IGNORE_INDEX).all() and np.array_equal(vol.label[:, :, :20], sv.mito[:, :, :20])
+    # patches are never centred on unlabelled pixels
+    ds = PatchDataset([vol], 1, 8, 50, (0.5, 0.2), background_keep=1.0, seed=0)
+    centres = []
+    cut = ds._cut
+    ds._cut = lambda v, z, cy, cx: (centres.append(cx), cut(v, z, cy, cx))[1]
+    for i in range(50):
+        ds[i]
+    assert max(centres) < 20
 
 
 # ------------------------------------------------------------------------------------ cemkit evaluate

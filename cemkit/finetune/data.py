@@ -107,7 +107,8 @@ def _show(values: np.ndarray, n: int = 10) -> str:
     return str(vals) + (f" ... ({values.size} distinct)" if values.size > n else "")
 
 
-def _open(path: str | Path, key: str | None, what: str):
+def open_input(path: str | Path, key: str | None, what: str):
+    """Open ``path`` lazily; a missing path is an :class:`InputError` naming ``what`` (the config key)."""
     from cemkit.io import open_volume
 
     path = Path(path)
@@ -164,7 +165,7 @@ def read_labelled_volume(images: str | Path, labels: str | Path, num_classes: in
         Missing files, image / label size mismatch, unpaired label slices, unexpected label values,
         too few slices.
     """
-    ivol, lvol = _open(images, image_key, f"{where}.images"), _open(labels, label_key, f"{where}.labels")
+    ivol, lvol = open_input(images, image_key, f"{where}.images"), open_input(labels, label_key, f"{where}.labels")
     if tuple(ivol.shape[1:]) != tuple(lvol.shape[1:]):
         raise InputError(f"{where}: image/label size mismatch: {ivol.path} is {tuple(ivol.shape)} (z, y, x) but "
                          f"{lvol.path} is {tuple(lvol.shape)}")

@@ -25,9 +25,12 @@ from cemkit.finetune.data import (
     build_augmentation,
     check_ignore_value,
     intensity_norms,
+    open_input,
     read_labelled_volume,
     split_validation,
 )
+from cemkit.finetune.sources import configured_sources, rescale, source_pixel_sizes
+from cemkit.io.pixel_size import pixel_size_of, scale_factor
 
 
 log = logging.getLogger(__name__)
@@ -41,47 +44,64 @@ class FinetuneData:
     val: list[LabelledVolume]
     held_out: bool = True  # False: the validation slices are trained on too (data.val_slices=0)
     pixel_size_nm: float | None = None  # the yx pixel size the model trains at (recorded in its checkpoint/card)
+    weights: list[float] | None = None  # sampling weight of each training volume (None: by labelled pixels)
 
 
 def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
-    """Read training (and validation) volumes; hold out the last ``data.val_slices`` labelled
-    slices when no separate validation data is given."""
+    """Read the training sources (``data.sources`` or ``data.images`` / ``data.labels``) at one pixel size;
+    hold out the last ``data.val_slices`` labelled slices of each when no separate validation data is given.
+
+    Pixel sizes are checked from headers before any volume is read (:func:`source_pixel_sizes`).
+    """
     num_classes = int(data_cfg.num_classes)
     ignore = check_ignore_value(data_cfg.ignore_value, num_classes)
-    vol = read_labelled_volume(data_cfg.images, data_cfg.labels, num_classes, frames=frames,
-                               image_key=data_cfg.image_key, label_key=data_cfg.label_key,
-                               label_slices=label_slices(data_cfg.label_slices, "data.label_slices"),
-                               ignore_value=ignore)
-    val_images, val_labels = data_cfg.val_images, data_cfg.val_labels
-    if val_images:
-        if not val_labels:
-            raise ConfigError("data.val_images needs data.val_labels")
-        val = read_labelled_volume(val_images, val_labels, num_classes,
-                                   frames=frames, image_key=data_cfg.image_key,
-                                   label_key=data_cfg.label_key, ignore_value=ignore, where="data.val")
-        train = vol
-        held_out = True
-    else:
-        held_out = int(data_cfg.val_slices) != 0
-        train, val = split_validation(vol, int(data_cfg.val_slices))
-        if not held_out:
-            log.info("data.val_slices=0: training on all %d labelled slices; validation on the last %d of them "
-                     "only monitors the fit, and best.ckpt is the final model", len(train.slices), len(val.slices))
+    sources = configured_sources(data_cfg)
+    sizes, pixel_nm = source_pixel_sizes(sources, data_cfg.voxel_size)
+    val_images, val_labels, val_slices = data_cfg.val_images, data_cfg.val_labels, int(data_cfg.val_slices)
+    if val_images and not val_labels:
+        raise ConfigError("data.val_images needs data.val_labels")
     fraction = data_cfg.train_fraction
+    train, val = [], []
+    for source, nm in zip(sources, sizes):
+        vol = read_labelled_volume(source.images, source.labels, num_classes, frames=frames,
+                                   image_key=source.image_key, label_key=source.label_key,
+                                   label_slices=source.label_slices, ignore_value=ignore, where=source.where)
+        factor = scale_factor(nm, pixel_nm)
+        if len(sources) > 1:
+            log.info("%s: %s at %s nm%s, sampling weight %g", source.where, source.images,
+                     "?" if nm is None else f"{nm:g}", "" if factor is None else
+                     f", resampled x{factor:.3f} to {pixel_nm:g} nm", source.weight)
+        vol = rescale(vol, factor)
+        if val_images:
+            train.append(vol)
+        else:
+            t, v = split_validation(vol, val_slices)
+            train.append(t)
+            val.append(v)
+    if val_images:
+        val = [_validation_volume(data_cfg, val_images, val_labels, num_classes, frames, ignore, pixel_nm)]
+    held_out = bool(val_images) or val_slices != 0
+    if not held_out:
+        log.info("data.val_slices=0: training on all %d labelled slices; validation on the last %d of them "
+                 "only monitors the fit, and best.ckpt is the final model", sum(len(t.slices) for t in train),
+                 sum(len(v.slices) for v in val))
     if fraction is not None and float(fraction) < 1.0:
-        train = subsample_slices(train, float(fraction))
-    return FinetuneData([train], [val], held_out)
+        train = [subsample_slices(t, float(fraction)) for t in train]
+    weights = [s.weight for s in sources] if len(sources) > 1 else None
+    return FinetuneData(train, val, held_out, pixel_nm, weights)
 
 
-def label_slices(value: Any, key: str) -> list[int] | None:
-    """``data.label_slices`` as a list of ints (None: labels for every slice, or paired by file name)."""
-    if value is None:
-        return None
-    try:
-        return [int(z) for z in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be null or a list of image slice numbers, e.g. [0, 5, 9], got {value!r}") \
-            from None
+def _validation_volume(data_cfg: DictConfig, images: Any, labels: Any, num_classes: int, frames: int,
+                       ignore: int | None, pixel_nm: float | None) -> LabelledVolume:
+    """``data.val_images`` / ``data.val_labels``, brought to the training pixel size when its metadata gives
+    another one (without metadata it is taken to be at the training pixel size)."""
+    vol = read_labelled_volume(images, labels, num_classes, frames=frames, image_key=data_cfg.image_key,
+                               label_key=data_cfg.label_key, ignore_value=ignore, where="data.val")
+    nm = pixel_size_of(open_input(images, data_cfg.image_key, "data.val_images"), None, "data.val_images")
+    factor = scale_factor(nm, pixel_nm)
+    if factor is not None:
+        log.info("data.val_images: %s at %g nm, resampled x%.3f to %g nm", images, nm, factor, pixel_nm)
+    return rescale(vol, factor)
 
 
 def subsample_slices(vol: LabelledVolume, fraction: float) -> LabelledVolume:
@@ -128,7 +148,8 @@ def build_loaders(cfg: DictConfig, frames: int, data: FinetuneData, norms: tuple
                             background_keep=float(d.background_keep),
                             augment=_augmentation(d),
                             seed=int(cfg.seed), z_flip=bool(d.augment) and bool(d.z_flip),
-                            hard_negatives=_fraction(d.hard_negatives, "data.hard_negatives"))
+                            hard_negatives=_fraction(d.hard_negatives, "data.hard_negatives"),
+                            weights=data.weights)
     val_ds = SliceDataset(data.val, frames, norms, tile=cfg.val.tile)
     workers = int(d.num_workers)
     sampler = PatchBatchSampler(int(d.batch_size), val_every)
