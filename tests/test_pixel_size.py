@@ -304,3 +304,29 @@ def test_zoo_card_records_the_pixel_size(segmenter_file, tmp_path, monkeypatch):
         with pytest.raises(InputError, match=rf"model card my\.yaml: pixel_size_nm: .*{problem}"):
             card_from_dict({**base, "pixel_size_nm": bad}, source="my.yaml")
 
+
+# ------------------------------------------------------------------------------------ finetune records it
+def test_finetune_records_the_pixel_size_and_predict_uses_it(tmp_path, capsys):
+    from cemkit.cli.main import main as cli
+    from cemkit.models.checkpoint import load_segmenter
+    from cemkit.predict.models import load_segmenters
+    from tiny_data import labelled_tif_pair
+
+    img, lab = labelled_tif_pair(tmp_path, shape=(6, 64, 64), seed=2)
+    out = tmp_path / "ft"
+    assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+                "data.voxel_size=5.9", "trainer.max_steps=2", "val.every=2", f"output={out}"]) == 0
+    result = json.loads((out / "1fm" / "result.json").read_text())
+    assert result["pixel_size_nm"] == 5.9
+    _, meta = load_segmenter(out / "1fm" / "best.ckpt")
+    assert meta["pixel_size_nm"] == 5.9
+    raw = torch.load(out / "1fm" / "last.ckpt", weights_only=True)
+    assert raw["hyper_parameters"]["pixel_size_nm"] == 5.9
+    assert raw["hyper_parameters"]["config"]["data"]["voxel_size"] == 5.9
+    assert load_segmenters([out / "1fm" / "best.ckpt"])[0].pixel_size_nm == 5.9
+    # a bad value stops the command naming the key (every kind of bad value: the check_pixel_size tests)
+    assert cli(["finetune", "+experiment=tiny_finetune", f"data.images={img}", f"data.labels={lab}",
+                "data.voxel_size=0", "trainer.max_steps=2", f"output={tmp_path / 'bad'}"]) == 2
+    said = capsys.readouterr()
+    assert "data.voxel_size: pixel size must be positive" in said.out + said.err
+    assert not (tmp_path / "bad" / "1fm" / "result.json").exists()
