@@ -289,6 +289,23 @@ def test_predict_and_export_read_the_recorded_pixel_size(segmenter_file):
     assert export_metadata(model, {"norms": None}, "probabilities")["pixel_size_nm"] is None
 
 
+
+def test_cli_voxel_size_and_rescale_keys(segmenter_file, tmp_path):
+    from cemkit.cli.main import main as cli
+
+    path, _ = segmenter_file
+    tif = write_tif_stack(tmp_path / "in.tif", np.random.default_rng(0).integers(0, 256, (2, 40, 48), np.uint8))
+    common = [f"checkpoint={path}", f"input={tif}", "tile_size=64", "border=8", "overlays=0", "instances=false",
+              "progress=false", "device=cpu"]
+    assert cli(["predict", *common, "voxel_size=[30,11.8,11.8]", f"output={tmp_path / 'p'}"]) == 0
+    rec = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert rec["pixel_size"] == {"input_nm": 11.8, "rescale": True, "scales": [2.0]}   # 11.8 nm data, 5.9 nm model
+    assert _prob(tmp_path / "p").shape == (2, 40, 48)
+    assert cli(["predict", *common, "voxel_size=11.8", "rescale=false", f"output={tmp_path / 'q'}"]) == 0
+    assert json.loads((tmp_path / "q" / "predict.json").read_text())["pixel_size"]["scales"] == [None]
+    assert cli(["predict", *common, "voxel_size=-3", f"output={tmp_path / 'r'}"]) == 2
+
+
 def test_zoo_card_records_the_pixel_size(segmenter_file, tmp_path, monkeypatch):
     from cemkit.zoo.cards import card_from_dict, read_card
     from cemkit.zoo.registry import register
