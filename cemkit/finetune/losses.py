@@ -170,24 +170,29 @@ class SegmentationLoss(nn.Module):
             w = ab if w is None else w.to(ab.device) * ab
         return w
 
-    def single(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def single(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+               ignore: int | None) -> dict[str, torch.Tensor]:
         parts: dict[str, torch.Tensor] = {}
         if "ce" in self.terms:
-            parts["ce"] = cross_entropy(logits.float(), target, weights, self.ignore_index)
+            parts["ce"] = cross_entropy(logits.float(), target, weights, ignore)
         if "dice" in self.terms:
-            parts["dice"] = soft_dice(logits.float(), target, ignore_index=self.ignore_index)
+            parts["dice"] = soft_dice(logits.float(), target, ignore_index=ignore)
         if "focal" in self.terms:
-            parts["focal"] = focal(logits.float(), target, self.focal_gamma, weights, self.ignore_index)
+            parts["focal"] = focal(logits.float(), target, self.focal_gamma, weights, ignore)
         return parts
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 taps: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(total, parts)``; ``parts`` holds each term (and ``deep`` when used), detached."""
         weights = self.weights_for(target)
-        parts = self.single(logits, target, weights)
+        # a batch without unlabelled pixels takes the unmasked path: the same values, and half the loss's time
+        ignore = self.ignore_index
+        if ignore is not None and not bool((target == ignore).any()):
+            ignore = None
+        parts = self.single(logits, target, weights, ignore)
         total = sum(self.terms[k] * v for k, v in parts.items())
         if self.deep_supervision > 0 and taps:
-            deep = torch.stack([sum(self.terms[k] * v for k, v in self.single(t, target, weights).items())
+            deep = torch.stack([sum(self.terms[k] * v for k, v in self.single(t, target, weights, ignore).items())
                                 for t in taps]).mean()
             parts["deep"] = deep
             total = total + self.deep_supervision * deep

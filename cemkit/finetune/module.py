@@ -135,7 +135,9 @@ class SegmentationModule(pl.LightningModule):
             for i in np.flatnonzero(real)[: self.overlays - len(self._overlay_items)]:
                 img = x[i, centre].float().cpu().numpy()
                 img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
-                self._overlay_items.append(((img * 255).astype(np.uint8), target[i], pred[i].astype(np.int64)))
+                # unlabelled pixels drawn as one more class (C), not as 255, which would flatten the colour scale
+                shown = np.where(target[i] == IGNORE_INDEX, self.model.num_classes, target[i])
+                self._overlay_items.append(((img * 255).astype(np.uint8), shown, pred[i].astype(np.int64)))
 
     def _pool_over_ranks(self) -> None:
         """Sum the loss, item count and pixel counts of every rank (each item is validated by one rank), so
