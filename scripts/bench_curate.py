@@ -63,10 +63,19 @@ def windows(image: np.ndarray, stride: int) -> np.ndarray:
     return np.stack([image[y:y + P, x:x + P] for y in ys for x in xs])
 
 
-def build_sources(out: Path, cache: Path, stride: int, volumes: int, shape: tuple[int, int, int]) -> list[tuple[str, Path]]:
-    from PIL import Image
-
+def make_cached_volume(args) -> None:
+    """Generate one synthetic volume into its cache file (run in the pool, one volume per task)."""
     from cemkit.data.synthetic import make_volume
+
+    vpath, shape, k = args
+    part = vpath.with_name(vpath.name + ".part.npy")  # renamed when complete: no half-written cache
+    np.save(part, make_volume(shape, seed=k, style=k % 5).image)
+    os.replace(part, vpath)
+
+
+def build_sources(out: Path, cache: Path, stride: int, volumes: int, shape: tuple[int, int, int],
+                  workers: int) -> list[tuple[str, Path]]:
+    from PIL import Image
 
     def gray(f):
         return np.asarray(Image.open(f).convert("L"))
@@ -85,11 +94,13 @@ def build_sources(out: Path, cache: Path, stride: int, volumes: int, shape: tupl
         np.save(out / f"{name}.npy", arr)
         sources.append((name, out / f"{name}.npy"))
     cache.mkdir(parents=True, exist_ok=True)
-    for k in range(volumes):
-        vpath = cache / f"synthetic_{k}_{'x'.join(map(str, shape))}.npy"
-        if not vpath.is_file():
-            print(f"generating synthetic volume {k} {shape} (cached in {cache})", flush=True)
-            np.save(vpath, make_volume(shape, seed=k, style=k % 5).image)
+    vpaths = [cache / f"synthetic_{k}_{'x'.join(map(str, shape))}.npy" for k in range(volumes)]
+    missing = [(vpath, shape, k) for k, vpath in enumerate(vpaths) if not vpath.is_file()]
+    if missing:
+        print(f"generating {len(missing)} synthetic volumes {shape} (cached in {cache})", flush=True)
+        with mp.get_context("spawn").Pool(workers) as pool:
+            pool.map(make_cached_volume, missing, chunksize=1)
+    for k, vpath in enumerate(vpaths):
         vol = np.load(vpath)
         arr = np.concatenate([windows(s, stride) for s in vol])
         name = f"synthetic_{k}"
@@ -194,7 +205,7 @@ def main() -> None:
     print(f"dHash path auto picks here: {auto}; timing: {', '.join(paths)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_curate_") as tmp:
-        sources = build_sources(Path(tmp), args.cache, args.stride, args.volumes, tuple(args.shape))
+        sources = build_sources(Path(tmp), args.cache, args.stride, args.volumes, tuple(args.shape), args.workers)
         sizes = {name: len(np.load(p, mmap_mode="r")) for name, p in sources}
         total = sum(sizes.values())
         print(f"{total} patches of {P}x{P} px in {len(sources)} sources: {sizes}")

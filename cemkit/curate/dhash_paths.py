@@ -7,7 +7,7 @@ because the result is ``(2**21 + sum) >> 22``. Three exact paths, bit for bit th
 ``int8``
     int8 x int8 -> int32 GEMM (``torch._int_mm``): pixels as ``p - 128``, weights as balanced
     base-128 digits. Fast only where torch hands it to oneDNN's VNNI/AMX kernels; elsewhere torch
-    runs a plain loop (about 2 ms per 224 px patch, 60x slower than ``float32``).
+    runs a plain loop (about 2 ms per 224 px patch, 40-60x slower than ``float32``).
 ``float32``
     float32 BLAS GEMM (numpy's OpenBLAS) with the weights split into two digits so that every
     partial sum is an integer below ``2**24`` (exact in any summation order). Fast on any x86-64.
