@@ -140,3 +140,13 @@ def test_float32_digits_are_exact_for_the_dhash_sizes():
             w = dhash_paths.resample_matrix(in_size, out_size).astype(np.int64)
             np.testing.assert_array_equal(hi * base + lo, w)
             assert 255 * max(np.abs(hi).sum(0).max(), np.abs(lo).sum(0).max()) < 2 ** 24
+
+
+def test_float32_path_falls_back_to_float64_when_no_split_is_exact(monkeypatch):
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (4, 60, 50), dtype=np.uint8)
+    expected = resize_lanczos_u8(imgs, 9, 8, path="float64")
+    monkeypatch.setattr(dhash_paths, "float32_digits", lambda in_size, out_size: None)
+    np.testing.assert_array_equal(resize_lanczos_u8(imgs, 9, 8, path="float32"), expected)
+    for a, b in zip(expected, imgs):
+        np.testing.assert_array_equal(a, np.asarray(Image.fromarray(b).resize((9, 8), Image.LANCZOS)))
