@@ -224,3 +224,27 @@ def test_tiny_study_rows_failing_init_folds_report_and_resume(volume, tmp_path, 
     pipeline.run_study(_compose(*[a for a in args if not a.startswith("trainer.max_steps")], "trainer.max_steps=3"))
     assert [c for c in calls if "none" in c.parts] == []
     assert "finished runs were made with other settings" in caplog.text
+
+
+def test_a_trained_model_is_an_init_and_adapts_better_than_random_init(volume, tmp_path):
+    """study.inits takes a finetune output folder (domain adaptation): its runs start from the trained model,
+    keep its architecture, and with the same 2 steps on 1 slice score above random init."""
+    source = tmp_path / "source"
+    with initialize_config_module(config_module="cemkit.conf", version_base=None):
+        src = compose(config_name="finetune", overrides=[
+            "+experiment=tiny_finetune", f"data.images={volume[0]}", f"data.labels={volume[1]}",
+            f"output={source}", "data.val_slices=0", "trainer.max_steps=40", "val.every=40", "logger=none"])
+    from cemkit.finetune.orchestrate import run_finetune
+
+    run_finetune(src)
+    out = tmp_path / "study"
+    cfg = _compose(f"data.images={volume[0]}", f"data.labels={volume[1]}", f"output={out}",
+                   "study.test_slices=8-9", "study.gap=1", f"study.inits=[none,{source}]", "study.labelled=[1]",
+                   "model.encoder.arch=resnet18", *TINY)
+    pipeline.run_study(cfg)
+    rows = {r["init"]: r for r in _rows(out / "study.csv")}
+    assert rows["none"]["status"] == rows[str(source)]["status"] == "ok"
+    assert rows[str(source)]["init_kind"] == "segmenter" and rows["none"]["init_kind"] == "none"
+    assert rows[str(source)]["arch"] == "resnet10t"  # the trained model's encoder, not model.encoder.arch
+    assert rows["none"]["arch"] == "resnet18"
+    assert float(rows[str(source)]["iou"]) > float(rows["none"]["iou"]) + 0.1
