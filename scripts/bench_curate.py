@@ -191,7 +191,7 @@ def main() -> None:
                     / "cemkit" / "bench_curate")
     args = ap.parse_args()
     from cemkit.curate.dedup import source_order
-    from cemkit.curate.dhash_paths import choose_path, int8_gemm_available
+    from cemkit.curate.dhash_paths import auto_path, choose_path
     from cemkit.hardware import CpuFeatures, cpu_features, describe_machine
 
     print(describe_machine())
@@ -200,7 +200,7 @@ def main() -> None:
         os.environ.update(AVX2_ENV)  # inherited by the spawned workers (this process computes nothing)
         features = CpuFeatures.from_flags(features.model, {"avx2"}, features.cores)
         print("emulating an AVX2-only CPU in the workers: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
-    auto = choose_path(features, int8_gemm_available())
+    auto = choose_path(features) if args.emulate_avx2 else auto_path()
     paths = args.paths or (["int8", "float32"] if auto == "int8" else [auto])
     print(f"dHash path auto picks here: {auto}; timing: {', '.join(paths)}", flush=True)
 

@@ -16,7 +16,8 @@ because the result is ``(2**21 + sum) >> 22``. Three exact paths, bit for bit th
     fits (never for the dHash sizes), and a reference.
 
 :func:`resolve_path` picks one: the ``path`` argument, else the ``CEMKIT_DHASH_PATH`` environment
-variable, else ``auto``, which is :func:`choose_path` of :func:`cemkit.hardware.cpu_features`.
+variable, else ``auto``, which is :func:`choose_path` of :func:`cemkit.hardware.cpu_features`
+(checked once by timing, :func:`int8_gemm_is_fast`, since torch decides where its int8 GEMM is fast).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -67,11 +69,43 @@ def int8_gemm_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def auto_path() -> str:
-    """:func:`choose_path` for this machine (decided and logged once per process)."""
+    """:func:`choose_path` for this machine, checked by :func:`int8_gemm_is_fast` (decided and logged once per process)."""
     features = cpu_features()
-    path = choose_path(features, int8_gemm_available())
+    path = choose_path(features)  # torch is imported only where int8 is a candidate
+    if path == "int8" and not (int8_gemm_available() and int8_gemm_is_fast()):
+        logger.info("dHash path float32: torch's int8 GEMM is missing or slow here although the CPU has "
+                    "VNNI/AMX (%s)", features.describe())
+        return "float32"
     logger.info("dHash path %s (%s)", path, features.describe())
     return path
+
+
+def int8_gemm_is_fast(slower_by: float = 3.0) -> bool:
+    """Whether torch's int8 GEMM runs its vector kernels here: a once-per-process check of the CPU flags.
+
+    torch hands ``_int_mm`` to oneDNN only on some CPUs and runs a plain loop elsewhere (40-60x
+    slower than the float32 path), and which CPUs is torch's choice. So the int8 pass is timed
+    once on four 224 px images against the float32 pass (best of 3 each, one thread) and counts
+    as fast unless it is ``slower_by`` times slower. Either path gives the same hashes; only the
+    speed depends on this.
+    """
+    from threadpoolctl import threadpool_limits
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 224, 224), dtype=np.uint8)
+    buf = np.empty(SCRATCH_ELEMENTS, np.float32)
+
+    def best(run) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        horizontal_int8(x, 9)  # first call: digit matrices, torch kernels
+        horizontal_float32(x, 9, buf)
+        return best(lambda: horizontal_int8(x, 9)) < slower_by * best(lambda: horizontal_float32(x, 9, buf))
 
 
 def resolve_path(path: str | None = None) -> str:
