@@ -239,10 +239,11 @@ def main() -> None:
             cem_rate = total / statistics.median(cem_walls[path])
             cem_ex = sum(x[0] for x in cem[path])
             same_hash = all(np.array_equal(a[2], b[2]) for a, b in zip(ref, cem[path]))
+            wall, cpu = statistics.median(cem_walls[path]), statistics.median(cem_cpus[path])
             print(f"cemkit, dHash path {path} (batched dhash + blocked leader clustering): {cem_rate:,.0f} patches/s "
-                  f"(median wall {statistics.median(cem_walls[path]):.2f} s, CPU {statistics.median(cem_cpus[path]):.2f} s)")
+                  f"(median wall {wall:.2f} s, CPU {cpu:.2f} s)")
             print(f"  ratio cemkit {path} / reference: {cem_rate / ref_rate:.1f}x "
-                  f"(CPU seconds of the workers: {statistics.median(ref_cpus) / statistics.median(cem_cpus[path]):.1f}x)")
+                  f"(CPU seconds of the workers: {statistics.median(ref_cpus) / cpu:.1f}x)")
             print(f"  exemplars: reference {ref_ex}, cemkit {cem_ex}, same: {ref_ex == cem_ex}; "
                   f"hashes of the first 256 patches per source equal to imagehash: {same_hash}")
         per_source = {name: (a[0], b[0]) for (name, _), a, b in zip(order, ref, cem[paths[0]])}

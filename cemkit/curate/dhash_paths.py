@@ -69,7 +69,7 @@ def int8_gemm_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def auto_path() -> str:
-    """:func:`choose_path` for this machine, checked by :func:`int8_gemm_is_fast` (decided and logged once per process)."""
+    """:func:`choose_path` for this machine, int8 checked by :func:`int8_gemm_is_fast` (once per process, logged)."""
     features = cpu_features()
     path = choose_path(features)  # torch is imported only where int8 is a candidate
     if path == "int8" and not (int8_gemm_available() and int8_gemm_is_fast()):
