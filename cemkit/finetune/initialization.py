@@ -70,3 +70,29 @@ def resolve_init(spec: Any, frames: int) -> InitSource:
     weights = read_encoder_weights(obj)
     weights.meta["source"] = str(path)
     return InitSource("encoder", path, weights=weights)
+
+
+def init_pixel_size(spec: Any, frames: int) -> float | None:
+    """The pixel size (nm) a segmenter ``model.init`` was trained at, or None (no init, encoder weights, an
+    older checkpoint without one). Adapting brings the new data to it, as predict does.
+
+    Raises
+    ------
+    InputError
+        As :func:`resolve_init`.
+    """
+    from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
+
+    text = "none" if spec is None else str(spec).strip()
+    if text.lower() in ("", "none", "null", "random"):
+        return None
+    path = resolve_reference(text) if is_reference(text) else Path(text).expanduser()
+    if path.is_dir():
+        path = _segmenter_file(path, frames)
+    if not path.is_file():
+        raise InputError(f"{path}: model.init file not found")
+    obj = read_checkpoint(path, mmap=True)
+    if not is_segmenter_checkpoint(obj):
+        return None
+    value = (obj["cemkit"].get("meta") or {}).get("pixel_size_nm")
+    return None if value is None else float(value)

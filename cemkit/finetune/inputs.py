@@ -48,16 +48,20 @@ class FinetuneData:
     weights: list[float] | None = None  # sampling weight of each training volume (None: by labelled pixels)
 
 
-def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
+def load_data(data_cfg: DictConfig, frames: int, model_nm: float | None = None) -> FinetuneData:
     """Read the training sources (``data.sources`` or ``data.images`` / ``data.labels``) at one pixel size;
     hold out the last ``data.val_slices`` labelled slices of each when no separate validation data is given.
 
     Pixel sizes are checked from headers before any volume is read (:func:`source_pixel_sizes`).
+    ``model_nm``: the pixel size of the trained model being adapted (``model.init``); the data is brought
+    to it, as predict brings new data to a model (unless ``data.sources`` name their own ``data.voxel_size``).
     """
     num_classes = int(data_cfg.num_classes)
     ignore = check_ignore_value(data_cfg.ignore_value, num_classes)
     sources = configured_sources(data_cfg)
     sizes, pixel_nm = source_pixel_sizes(sources, data_cfg.voxel_size)
+    pixel_nm = _adapted_pixel_size(pixel_nm, model_nm, explicit_target=len(sources) > 1
+                                   and data_cfg.voxel_size is not None)
     val_images, val_labels, val_slices = data_cfg.val_images, data_cfg.val_labels, int(data_cfg.val_slices)
     if val_images and not val_labels:
         raise ConfigError("data.val_images needs data.val_labels")
@@ -91,6 +95,19 @@ def load_data(data_cfg: DictConfig, frames: int) -> FinetuneData:
         train = [subsample_slices(t, float(fraction)) for t in train]
     weights = [s.weight for s in sources] if len(sources) > 1 else None
     return FinetuneData(train, val, held_out, pixel_nm, weights)
+
+
+def _adapted_pixel_size(data_nm: float | None, model_nm: float | None, explicit_target: bool) -> float | None:
+    """The pixel size a run trains at when it adapts a model trained at ``model_nm``."""
+    if model_nm is None or explicit_target:
+        return data_nm
+    if data_nm is None:
+        log.warning("the model being adapted was trained at %g nm but the data has no pixel size: it is not "
+                    "resampled (give data.voxel_size=NM), and the adapted model records no pixel size", model_nm)
+        return None
+    if scale_factor(data_nm, model_nm) is not None:
+        log.info("adapting a model trained at %g nm: the data (%g nm) is resampled to it", model_nm, data_nm)
+    return model_nm
 
 
 def _validation_volume(data_cfg: DictConfig, images: Any, labels: Any, num_classes: int, frames: int,

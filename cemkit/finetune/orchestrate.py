@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from cemkit.errors import ConfigError, InputError
 from cemkit.finetune.fit import STAGE_TRAINER_OPTIONS, train_one
+from cemkit.finetune.initialization import init_pixel_size
 from cemkit.finetune.inputs import load_data
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
         raise ConfigError("model.chain_frames=true and model.trunk.steps > 0 are two ways to start the models: "
                           "choose one")
     budgets = frame_steps(cfg.model.frame_steps)
-    data = load_data(cfg.data, max(frames))
+    data = load_data(cfg.data, max(frames), model_nm=init_pixel_size(cfg.model.init, min(frames)))
     trunk: str | None = None
     if trunk_steps:
         log.info("training the shared 1fm trunk for %d steps into %s", trunk_steps, out / TRUNK_FOLDER)
