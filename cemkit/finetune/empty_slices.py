@@ -6,8 +6,10 @@ organelles: two of the twelve labelled sections of the VNC ssTEM stack in ``../s
 blanks. Trained on as background, one blank slice teaches the model that every mitochondrion on it is
 background; adapting from two slices, it undoes the other one. ``data.empty_slices`` says what to do:
 
-- ``skip`` (default): such slices give 3fm/5fm context but are not trained or validated on; a warning
-  names them;
+- ``auto`` (default): ``skip`` for labels that are a folder of slice files (each file made on its own, so a
+  blank one is most likely not annotated), ``train`` for a stack or container (tif, h5, zarr: labelled as
+  a volume, where a slice without the organelle is real);
+- ``skip``: such slices give 3fm/5fm context but are not trained or validated on; a warning names them;
 - ``train``: train on them as background (a slice labelled empty on purpose, to teach negatives).
 """
 
@@ -24,7 +26,7 @@ from cemkit.finetune.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("skip", "train")
+POLICIES = ("auto", "skip", "train")
 
 
 def empty_label_slices(vol: LabelledVolume) -> list[int]:
@@ -44,6 +46,26 @@ def empty_label_slices(vol: LabelledVolume) -> list[int]:
     return out
 
 
+def resolve_policy(policy: str, labels_are_files: bool, key: str = "data.empty_slices") -> str:
+    """``skip`` or ``train`` for ``policy`` (``auto``: skip for a folder of label files, else train).
+
+    Raises
+    ------
+    ConfigError
+        Not one of ``auto``, ``skip``, ``train``.
+
+    Examples
+    --------
+    >>> resolve_policy("auto", True), resolve_policy("auto", False), resolve_policy("train", True)
+    ('skip', 'train', 'train')
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy == "auto":
+        return "skip" if labels_are_files else "train"
+    return policy
+
+
 def apply_empty_slice_policy(volumes: Sequence[LabelledVolume], policy: str,
                              key: str = "data.empty_slices") -> list[LabelledVolume]:
     """``volumes`` without their empty label slices (``skip``), or unchanged (``train``).
@@ -56,7 +78,7 @@ def apply_empty_slice_policy(volumes: Sequence[LabelledVolume], policy: str,
     ConfigError
         ``policy`` is not ``skip`` or ``train``.
     """
-    if policy not in POLICIES:
+    if policy not in ("skip", "train"):
         raise ConfigError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}")
     empties = [empty_label_slices(v) for v in volumes]
     any_foreground = any(len(e) < len(v.slices) for v, e in zip(volumes, empties))

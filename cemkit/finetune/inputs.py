@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from cemkit.finetune.data import (
     read_labelled_volume,
     split_validation,
 )
-from cemkit.finetune.empty_slices import apply_empty_slice_policy
+from cemkit.finetune.empty_slices import apply_empty_slice_policy, resolve_policy
 from cemkit.finetune.sources import configured_sources, rescale, source_pixel_sizes
 from cemkit.io.pixel_size import pixel_size_of, scale_factor
 
@@ -77,7 +78,8 @@ def load_data(data_cfg: DictConfig, frames: int, model_nm: float | None = None) 
                      "?" if nm is None else f"{nm:g}", "" if factor is None else
                      f", resampled x{factor:.3f} to {pixel_nm:g} nm", source.weight)
         vol = rescale(vol, factor)
-        vol = apply_empty_slice_policy([vol], str(data_cfg.empty_slices))[0]
+        policy = resolve_policy(str(data_cfg.empty_slices), Path(str(source.labels)).is_dir())
+        vol = apply_empty_slice_policy([vol], policy)[0]
         if val_images:
             train.append(vol)
         else:
