@@ -39,7 +39,12 @@ $C study +experiment=adapt data.images=$D/vnc_clean/images data.labels=$D/vnc_cl
 $C study +experiment=adapt data.images=$CD/images data.labels=$CD/labels $FIX trainer.max_steps=400 \
     study.train_slices=11 study.test_slices=13-19 study.gap=1 "study.inits=[$OUT/src_010_017,none]" \
     "study.labelled=[1]" study.seeds=1 output=$OUT/own
-# 5. zero-shot: the CDeep3M model on VNC at its own grid and rescaled (4.6 -> 5.9 nm)
+# 5. one model on both labs' data: CDeep3M 010-029 and VNC 00, 04 (index 0 and 3 of vnc_clean), resampled to 5.9 nm
+link vnc_00_04 "$VNC/images" "$VNC/labels" vnc_ vnc_ 00 04
+$C finetune +experiment=cpu_15min $FIX trainer.max_steps=400 output=$OUT/joint \
+    "data.sources=[{images: $D/cd_all/images, labels: $D/cd_all/labels, voxel_size: 5.9}, {images: $D/vnc_00_04/images, labels: $D/vnc_00_04/labels, voxel_size: 4.6}]"
+$C predict checkpoint=$OUT/joint input=$D/vnc_clean/images output=$OUT/joint_predict progress=false voxel_size=4.6
+# 6. zero-shot: the CDeep3M model on VNC at its own grid and rescaled (4.6 -> 5.9 nm)
 $C predict checkpoint=$OUT/src_all input=$D/vnc_clean/images output=$OUT/zero_shot progress=false rescale=false
 $C predict checkpoint=$OUT/src_all input=$D/vnc_clean/images output=$OUT/zero_shot_rescaled progress=false \
     voxel_size=4.6
