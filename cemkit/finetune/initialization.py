@@ -41,6 +41,26 @@ def _segmenter_file(folder: Path, frames: int) -> Path:
                      "(give a finetune output folder or a checkpoint file)")
 
 
+def init_file(spec: Any, frames: int) -> Path | None:
+    """The file ``model.init`` names for a ``frames``-frame model (a zoo reference resolved, a finetune output
+    folder's ``{k}fm/best.ckpt``), or None for random init.
+
+    Raises
+    ------
+    InputError
+        A missing file, or a folder without a model for ``frames``.
+    """
+    text = "none" if spec is None else str(spec).strip()
+    if text.lower() in ("", "none", "null", "random"):
+        return None
+    path = resolve_reference(text) if is_reference(text) else Path(text).expanduser()
+    if path.is_dir():
+        path = _segmenter_file(path, frames)
+    if not path.exists():
+        raise InputError(f"{path}: model.init file not found")
+    return path
+
+
 def resolve_init(spec: Any, frames: int) -> InitSource:
     """Resolve ``model.init`` for a ``frames``-frame model.
 
@@ -51,17 +71,9 @@ def resolve_init(spec: Any, frames: int) -> InitSource:
     """
     from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
 
-    text = "none" if spec is None else str(spec).strip()
-    if text.lower() in ("", "none", "null", "random"):
+    path = init_file(spec, frames)
+    if path is None:
         return InitSource("none")
-    if is_reference(text):
-        path = resolve_reference(text)
-    else:
-        path = Path(text).expanduser()
-    if path.is_dir():
-        path = _segmenter_file(path, frames)
-    if not path.exists():
-        raise InputError(f"{path}: model.init file not found")
     obj = read_checkpoint(path)
     if is_segmenter_checkpoint(obj):
         return InitSource("segmenter", path, checkpoint=obj, meta=dict(obj["cemkit"].get("meta") or {}))
@@ -83,14 +95,9 @@ def init_pixel_size(spec: Any, frames: int) -> float | None:
     """
     from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
 
-    text = "none" if spec is None else str(spec).strip()
-    if text.lower() in ("", "none", "null", "random"):
+    path = init_file(spec, frames)
+    if path is None:
         return None
-    path = resolve_reference(text) if is_reference(text) else Path(text).expanduser()
-    if path.is_dir():
-        path = _segmenter_file(path, frames)
-    if not path.is_file():
-        raise InputError(f"{path}: model.init file not found")
     obj = read_checkpoint(path, mmap=True)
     if not is_segmenter_checkpoint(obj):
         return None
