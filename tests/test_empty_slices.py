@@ -27,12 +27,12 @@ def test_empty_slices_are_found_and_skipped_only_where_others_hold_foreground():
     lab[3] = IGNORE_INDEX        # nothing labelled: not a labelled slice at all
     vol = _vol(lab, [0, 1, 2])
     assert empty_label_slices(vol) == [1, 2]
-    assert apply_empty_slice_policy([vol], "skip")[0].slices.tolist() == [0]
-    assert apply_empty_slice_policy([vol], "train")[0].slices.tolist() == [0, 1, 2]
+    assert apply_empty_slice_policy(vol, "skip").slices.tolist() == [0]
+    assert apply_empty_slice_policy(vol, "train").slices.tolist() == [0, 1, 2]
     blank = _vol(np.zeros((2, 3, 3), np.uint8), [0, 1])  # no foreground anywhere: nothing says they are unannotated
-    assert apply_empty_slice_policy([blank], "skip")[0].slices.tolist() == [0, 1]
+    assert apply_empty_slice_policy(blank, "skip").slices.tolist() == [0, 1]
     with pytest.raises(ConfigError, match="data.empty_slices must be one of auto, skip, train, got 'drop'"):
-        apply_empty_slice_policy([vol], "drop")
+        apply_empty_slice_policy(vol, "drop")
     assert [resolve_policy("auto", True), resolve_policy("auto", False), resolve_policy("skip", False)] == \
         ["skip", "train", "skip"]
 

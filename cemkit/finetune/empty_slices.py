@@ -16,8 +16,6 @@ background; adapting from two slices, it undoes the other one. ``data.empty_slic
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-
 import numpy as np
 
 from cemkit.errors import ConfigError
@@ -66,12 +64,11 @@ def resolve_policy(policy: str, labels_are_files: bool, key: str = "data.empty_s
     return policy
 
 
-def apply_empty_slice_policy(volumes: Sequence[LabelledVolume], policy: str,
-                             key: str = "data.empty_slices") -> list[LabelledVolume]:
-    """``volumes`` without their empty label slices (``skip``), or unchanged (``train``).
+def apply_empty_slice_policy(vol: LabelledVolume, policy: str, key: str = "data.empty_slices") -> LabelledVolume:
+    """``vol`` without its empty label slices (``skip``), or unchanged (``train``).
 
-    Nothing is dropped when no labelled slice of any volume holds foreground (then nothing says the empty
-    ones are unannotated), nor when every labelled slice of a volume would go.
+    Nothing is dropped when no labelled slice holds foreground (then nothing says the empty ones are
+    unannotated).
 
     Raises
     ------
@@ -80,16 +77,10 @@ def apply_empty_slice_policy(volumes: Sequence[LabelledVolume], policy: str,
     """
     if policy not in ("skip", "train"):
         raise ConfigError(f"{key} must be one of {', '.join(POLICIES)}, got {policy!r}")
-    empties = [empty_label_slices(v) for v in volumes]
-    any_foreground = any(len(e) < len(v.slices) for v, e in zip(volumes, empties))
-    if policy == "train" or not any_foreground:
-        return list(volumes)
-    out = []
-    for vol, empty in zip(volumes, empties):
-        if empty and len(empty) < len(vol.slices):
-            log.warning("%s: label slice(s) z=%s hold no foreground while the other labelled slices do: taken as "
-                        "not annotated, not trained on (%s=train trains on them as background)",
-                        vol.name, ", ".join(map(str, empty)), key)
-            vol = vol.subset([z for z in vol.slices if z not in set(empty)])
-        out.append(vol)
-    return out
+    empty = empty_label_slices(vol)
+    if policy == "train" or not empty or len(empty) == len(vol.slices):
+        return vol
+    log.warning("%s: label slice(s) z=%s hold no foreground while the other labelled slices do: taken as "
+                "not annotated, not trained on (%s=train trains on them as background)",
+                vol.name, ", ".join(map(str, empty)), key)
+    return vol.subset([z for z in vol.slices if z not in set(empty)])

@@ -79,7 +79,7 @@ def load_data(data_cfg: DictConfig, frames: int, model_nm: float | None = None) 
                      f", resampled x{factor:.3f} to {pixel_nm:g} nm", source.weight)
         vol = rescale(vol, factor)
         policy = resolve_policy(str(data_cfg.empty_slices), Path(str(source.labels)).is_dir())
-        vol = apply_empty_slice_policy([vol], policy)[0]
+        vol = apply_empty_slice_policy(vol, policy)
         if val_images:
             train.append(vol)
         else:
