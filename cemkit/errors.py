@@ -18,3 +18,7 @@ class InputError(CemkitError, ValueError):
 
 class ConfigError(CemkitError, ValueError):
     """A configuration value that cannot work (wrong combination, out of range)."""
+
+
+class RunCancelled(CemkitError):
+    """A run stopped on the user's request (a GUI's Cancel button); it left no output behind."""

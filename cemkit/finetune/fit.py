@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,11 @@ STAGE_TRAINER_OPTIONS = {"max_epochs": -1, "check_val_every_n_epoch": 1, "val_ch
 
 
 def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
-              init_spec: Any = None) -> dict[str, Any]:
+              init_spec: Any = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one ``frames``-frame model into ``out_dir``; returns the run's result dict.
 
     ``init_spec`` replaces ``cfg.model.init`` when given (``model.chain_frames`` passes the
-    previous model's checkpoint, ``model.trunk`` the trunk's).
+    previous model's checkpoint, ``model.trunk`` the trunk's). ``callbacks`` are added to the trainer's.
     """
     import pytorch_lightning as pl
 
@@ -74,9 +75,9 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
     module = build_module(cfg, frames, model, init_value, init, norms, norms_source, total, out_dir,
                           pixel_size_nm=data.pixel_size_nm)
 
-    trainer, callbacks = fit(cfg, module, loaders, out_dir, frames, data.held_out, resume, val_every, total,
-                             budget_s, started)
-    best = callbacks["best"].best_model_score if data.held_out else None
+    trainer, roles = fit(cfg, module, loaders, out_dir, frames, data.held_out, resume, val_every, total,
+                         budget_s, started, extra_callbacks=callbacks)
+    best = roles["best"].best_model_score if data.held_out else None
     result = {"frames": frames, "steps": int(trainer.global_step), "best_iou": None if best is None else float(best),
               "held_out_validation": data.held_out,
               "best_checkpoint": str(out_dir / "best.ckpt"), "last_checkpoint": str(out_dir / "last.ckpt"),
@@ -84,7 +85,7 @@ def train_one(cfg: DictConfig, frames: int, data: FinetuneData, out_dir: Path,
               "load_report": report, "frozen_modules": len(frozen), "arch": model.arch,
               "pixel_size_nm": data.pixel_size_nm,
               "precision": str(trainer.precision)}  # trainer.precision=auto resolved (cemkit/precision.py)
-    budget = callbacks.get("budget")
+    budget = roles.get("budget")
     if budget is not None:
         result["budget"] = {"seconds": budget.seconds, "step_seconds": budget.step_s, "planned_steps": budget.total,
                             "elapsed": round(budget.elapsed(), 1)}
@@ -115,9 +116,10 @@ def plan_steps(max_steps: int, val_every: int) -> tuple[int, int]:
 
 
 def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: bool, resume: str | None,
-        val_every: int, total: int, budget_s: float | None, started: float):
+        val_every: int, total: int, budget_s: float | None, started: float, extra_callbacks: Sequence[Any] = ()):
     """Fit ``module`` with Lightning: checkpoints, the time budget, the logger; returns the trainer and the
-    callbacks by role (``best``, ``last``, ``budget`` when ``trainer.max_time`` is set)."""
+    callbacks by role (``best``, ``last``, ``budget`` when ``trainer.max_time`` is set).
+    ``extra_callbacks`` are added after cemkit's own."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from cemkit.finetune.callbacks import RankFailureReport, ResumePointCheckpoint
@@ -137,7 +139,7 @@ def fit(cfg: DictConfig, module, loaders, out_dir: Path, frames: int, held_out: 
                                     enable_version_counter=False, save_on_train_epoch_end=False)
     logger = _logger_for(cfg.logger, out_dir, f"{frames}fm")
     roles: dict[str, Any] = {"best": ckpt_cb, "last": last_cb}
-    callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport()]
+    callbacks: list[Any] = [ckpt_cb, last_cb, RankFailureReport(), *extra_callbacks]
     tuned_steps = cfg.budget.tuned_steps
     if budget_s is not None:
         pixels = val_every * int(d.batch_size) * int(d.crop) ** 2

@@ -43,8 +43,10 @@ def check_trainer_options(trainer_cfg: DictConfig) -> None:
                                  "validated every val.every steps")
 
 
-def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
+def run_finetune(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[int, dict[str, Any]]:
     """Train every model ``model.frames`` asks for into ``output/{k}fm``; returns ``{frames: result}``.
+
+    ``callbacks``: extra Lightning callbacks for every model's trainer (a GUI's progress and Cancel).
 
     How the models start: from ``model.init`` (independent, as in CDeep3M); with
     ``model.chain_frames`` from the previous model; with ``model.trunk.steps > 0`` from a shared 1fm
@@ -63,7 +65,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     trunk: str | None = None
     if trunk_steps:
         log.info("training the shared 1fm trunk for %d steps into %s", trunk_steps, out / TRUNK_FOLDER)
-        train_one(with_max_steps(cfg, trunk_steps), 1, data, out / TRUNK_FOLDER)
+        train_one(with_max_steps(cfg, trunk_steps), 1, data, out / TRUNK_FOLDER, callbacks=callbacks)
         trunk = _start_checkpoint(out / TRUNK_FOLDER, "the 1fm trunk", "model.trunk.steps")
     results: dict[int, dict[str, Any]] = {}
     previous: int | None = None
@@ -74,7 +76,7 @@ def run_finetune(cfg: DictConfig) -> dict[int, dict[str, Any]]:
         run_cfg = member_config(cfg, f, lr_scale) if trunk else cfg
         if f in budgets:
             run_cfg = with_max_steps(run_cfg, budgets[f])
-        results[f] = train_one(run_cfg, f, data, out / f"{f}fm", init_spec=init_spec)
+        results[f] = train_one(run_cfg, f, data, out / f"{f}fm", init_spec=init_spec, callbacks=callbacks)
         previous = f
     return results
 

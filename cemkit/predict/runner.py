@@ -35,6 +35,7 @@ from cemkit.devices import select_device
 from cemkit.errors import ConfigError, InputError
 from cemkit.io.atomic import atomic_write_json
 from cemkit.io.pixel_size import pixel_size_of
+from cemkit.io.volume import Volume
 from cemkit.predict import devices
 from cemkit.predict.ensemble import METHODS, normalised_weights
 from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
@@ -317,6 +318,13 @@ def _check_orthoplane_scales(orthoplane: bool, scales: Sequence[float | None]) -
                           "the input at its own pixel size")
 
 
+def _input_id(input_path: Any) -> str:
+    """The input as recorded for resuming: a file's resolved path, or an in-memory volume's path and name."""
+    if isinstance(input_path, Volume):
+        return f"{input_path.path}:{input_path.name}"
+    return str(Path(input_path).resolve())
+
+
 def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dict[str, Any]]:
     """The resume record and the zarr arrays to write into: ``(log, arrays, view_stores)``.
 
@@ -328,7 +336,7 @@ def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dic
     s, info, vol = plan.settings, plan.info, plan.volume
     depth, height, width = vol.shape
     signature = {
-        "input": str(Path(plan.input_path).resolve()), "input_key": plan.input_key, "shape": list(vol.shape),
+        "input": _input_id(plan.input_path), "input_key": plan.input_key, "shape": list(vol.shape),
         "models": plan.record_models, "predictions": plan.members,
         # post-processing always reruns, so its settings do not invalidate finished slabs
         "settings": {k: v for k, v in asdict(s).items()
@@ -377,10 +385,11 @@ def open_outputs(plan: PredictionPlan) -> tuple[ProgressLog, dict[str, Any], dic
 
 
 def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any],
-                   view_stores: dict[str, Any]) -> dict[str, Any]:
+                   view_stores: dict[str, Any], monitor: Any = None) -> dict[str, Any]:
     """Predict (or combine) every slab this rank owns into ``arrays``; returns the passes' statistics.
 
     With ``orthoplane`` the xy, xz and yz passes go to ``view_stores`` first and are then averaged.
+    ``monitor``: see :func:`cemkit.predict.streaming.run_slabs`.
     """
     s, info = plan.settings, plan.info
     src = plan.source
@@ -400,7 +409,7 @@ def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any
             stats["xy"] = run_slabs(
                 predictor, src, lambda z0, z1, p: write_final(z0, z1, p.transpose(1, 0, 2, 3)), s.slab_size,
                 skip=log.finished("xy"), on_done=lambda i: log.mark(f"xy:{i}"), rank=info.rank,
-                world=info.world, progress=s.progress, desc="predict")
+                world=info.world, progress=s.progress, desc="predict", monitor=monitor)
         else:
             for name, order in VIEWS.items():
                 store = view_stores[name]
@@ -414,7 +423,7 @@ def predict_volume(plan: PredictionPlan, log: ProgressLog, arrays: dict[str, Any
                 stats[name] = run_slabs(predictor, AxisView(src, order), sink, s.slab_size,
                                         skip=log.finished(name), on_done=lambda i, n=name: log.mark(f"{n}:{i}"),
                                         rank=info.rank, world=info.world, progress=s.progress,
-                                        desc=f"predict {name}")
+                                        desc=f"predict {name}", monitor=monitor)
     if s.orthoplane:
         with together("averaging the views"):  # after every rank's views are written
             for i, (z0, z1) in enumerate(slab_ranges(plan.volume.shape[0], s.slab_size)):
@@ -502,7 +511,8 @@ def write_outputs(plan: PredictionPlan, arrays: dict[str, Any], log: ProgressLog
 
 def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any = None, *,
                    models: Sequence[Segmenter] | None = None, settings: PredictSettings | None = None,
-                   input_key: str | None = None, predictions: Sequence[str | Path] | None = None) -> dict:
+                   input_key: str | None = None, predictions: Sequence[str | Path] | None = None,
+                   monitor: Any = None) -> dict:
     """Predict a volume and write the outputs listed in the module docstring.
 
     Plan (:func:`plan_prediction`), open the outputs (:func:`open_outputs`), run
@@ -527,6 +537,9 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
         Saved probability maps (``cemkit predict`` output folders or probability volumes of the
         input's shape) to combine with ``settings.ensemble`` instead of running models
         (:mod:`cemkit.predict.saved`); tiling and TTA settings do not apply.
+    monitor : callable, optional
+        ``monitor(pass_name, voxels_done, voxels_total)`` after each slab (a GUI's progress bar); an
+        exception it raises stops the run between two slabs.
 
     Returns
     -------
@@ -539,14 +552,14 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     s, info, vol = plan.settings, plan.info, plan.volume
     log, arrays, view_stores = open_outputs(plan)
     t0 = time.perf_counter()
-    stats = predict_volume(plan, log, arrays, view_stores)
+    stats = predict_volume(plan, log, arrays, view_stores, monitor)
     predict_s = time.perf_counter() - t0  # every slab of every rank is written (predict_volume's meetings)
     devices.shutdown_distributed()
 
     vs = vol.voxel_size
     depth, height, width = vol.shape
     record = {
-        "input": {"path": str(input_path), "key": input_key, "shape": list(vol.shape),
+        "input": {"path": str(vol.path if isinstance(input_path, Volume) else input_path), "key": input_key, "shape": list(vol.shape),
                   "voxel_size": list(vs) if vs else None},
         "models": plan.record_models, "predictions": plan.members, "settings": asdict(s), "device": str(plan.device),
         "world": info.world, "channels": plan.channels, "resumed": log.resumed,

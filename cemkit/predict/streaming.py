@@ -184,11 +184,14 @@ SlabSink = Callable[[int, int, np.ndarray], None]
 
 def run_slabs(predictor: SlabPredictor, source, sink: SlabSink, slab_size: int,
               skip: Iterable[int] = (), on_done: Callable[[int], None] | None = None,
-              rank: int = 0, world: int = 1, progress: bool = True, desc: str = "predict") -> dict:
+              rank: int = 0, world: int = 1, progress: bool = True, desc: str = "predict",
+              monitor: Callable[[str, int, int], None] | None = None) -> dict:
     """Predict every slab this rank owns that is not in ``skip`` and pass it to ``sink(z0, z1, probs)``.
 
     Slab ``i`` belongs to rank ``i % world``. ``on_done(i)`` is called after ``sink`` returns (the
-    place to record progress for resuming). Returns timing statistics.
+    place to record progress for resuming). ``monitor(desc, done, total)`` is called with the voxels
+    done so far before the first slab and after each one (a GUI's progress bar; it may raise to stop the
+    run between two slabs). Returns timing statistics.
     """
     from tqdm.auto import tqdm
 
@@ -197,6 +200,9 @@ def run_slabs(predictor: SlabPredictor, source, sink: SlabSink, slab_size: int,
     todo = [(i, r) for i, r in enumerate(slab_ranges(depth, slab_size)) if i % world == rank and i not in skip]
     voxels = sum((z1 - z0) for _, (z0, z1) in todo) * height * width
     start = time.perf_counter()
+    done = 0
+    if monitor is not None:
+        monitor(desc, done, voxels)
     with tqdm(total=voxels, unit="vox", unit_scale=True, desc=desc, disable=not progress,
               leave=False) as bar:
         for i, (z0, z1) in todo:
@@ -205,6 +211,9 @@ def run_slabs(predictor: SlabPredictor, source, sink: SlabSink, slab_size: int,
             if on_done is not None:
                 on_done(i)
             bar.update((z1 - z0) * height * width)
+            done += (z1 - z0) * height * width
+            if monitor is not None:
+                monitor(desc, done, voxels)
     seconds = time.perf_counter() - start
     return {"slabs": len(todo), "voxels": voxels, "seconds": seconds,
             "voxels_per_s": voxels / seconds if seconds > 0 else None}

@@ -1,0 +1,148 @@
+"""Background runs for the widgets: a job in a napari worker thread, its events on the GUI thread, a
+progress bar, Cancel, and errors as napari notifications.
+
+A job is a plain function from :mod:`cemkit.napari_plugin.jobs` called with ``on_event`` and ``cancel``;
+``on_event`` is a Qt signal's ``emit``, so the widget's handler runs on the GUI thread. Cancel sets the
+:class:`threading.Event` the job checks between two slabs or two training steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+from cemkit.errors import CemkitError, RunCancelled
+
+log = logging.getLogger(__name__)
+
+
+class _Events(QObject):
+    event = Signal(object)
+
+
+class _Refused:
+    """What a job returns instead of raising a user error (napari would relay a raised one with a traceback)."""
+
+    def __init__(self, error: CemkitError):
+        self.error = error
+
+
+def _guarded(job: Callable[..., Any], **kwargs: Any) -> Any:
+    try:
+        return job(**kwargs)
+    except CemkitError as exc:  # bad input, a cancelled run: a message for the user, not a crash
+        return _Refused(exc)
+
+
+def notify_error(exc: BaseException) -> None:
+    """Show ``exc`` as a napari error notification (a user error without its traceback)."""
+    from napari.utils.notifications import show_error
+
+    text = str(exc) if isinstance(exc, CemkitError) else f"{type(exc).__name__}: {exc}"
+    show_error(f"cemkit: {text}")
+
+
+class BackgroundRun:
+    """One job at a time for a widget: start, cancel, and the callbacks on the GUI thread.
+
+    Parameters
+    ----------
+    name : str
+        Shown on the progress bar ("cemkit predict").
+    on_event : callable
+        ``on_event(event_dict)`` on the GUI thread for every event the job reports.
+    on_status : callable
+        ``on_status(text)``: a one-line state for the widget ("cancelled", the error, ...).
+    """
+
+    def __init__(self, name: str, on_event: Callable[[dict], None], on_status: Callable[[str], None]):
+        self.name = name
+        self._on_event = on_event
+        self._on_status = on_status
+        self._events = _Events()
+        self._events.event.connect(self._event)
+        self.cancel_event = threading.Event()
+        self.worker = None
+        self._progress = None
+        self._done_units = 0
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job: Callable[..., Any], on_done: Callable[[Any], None], **kwargs: Any) -> None:
+        """Run ``job(on_event=..., cancel=..., **kwargs)`` in a worker thread; ``on_done(result)`` after."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self.running:
+            raise CemkitError(f"{self.name} is already running: wait for it or cancel it")
+        self.cancel_event = threading.Event()
+        self._progress = progress(total=0, desc=self.name)
+        self._done_units = 0
+        worker = create_worker(_guarded, job=job, on_event=self._events.event.emit, cancel=self.cancel_event,
+                               **kwargs, _start_thread=False,
+                               _connect={"returned": lambda result: self._finish(on_done, result),
+                                         "errored": self._failed, "finished": self._cleanup})
+        self.worker = worker
+        self._on_status("running")
+        worker.start()
+
+    def cancel(self, why: str = "cancelled") -> None:
+        """Ask the job to stop (it cleans up its partial output); no-op when nothing runs."""
+        if self.running and not self.cancel_event.is_set():
+            log.info("%s: %s", self.name, why)
+            self.cancel_event.set()
+            self._on_status(f"cancelling ({why})")
+
+    # -- GUI-thread callbacks --------------------------------------------------------------
+    def _event(self, event: dict) -> None:
+        if event.get("kind") == "progress" or event.get("kind") == "train":
+            done, total = (event["done"], event["total"]) if event["kind"] == "progress" else (event["step"],
+                                                                                            event["total"])
+            bar = self._progress
+            if bar is not None and total:
+                if bar.total != total:
+                    bar.total = total
+                    self._done_units = 0
+                    bar.n = 0
+                bar.set_description(f"{self.name}: {event.get('stage', 'training')}")
+                bar.update(max(0, done - self._done_units))
+                self._done_units = done
+        try:
+            self._on_event(event)
+        except RuntimeError:  # the widget was deleted (viewer closed) while the job ran
+            pass
+
+    def _finish(self, on_done: Callable[[Any], None], result: Any) -> None:
+        if isinstance(result, _Refused):
+            self._failed(result.error)
+            return
+        try:
+            on_done(result)
+        except RuntimeError:
+            pass
+        except CemkitError as exc:
+            notify_error(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A user error or a cancelled run (from :func:`_guarded`), or a bug (napari also shows its traceback)."""
+        try:
+            if isinstance(exc, RunCancelled):
+                self._on_status("cancelled: nothing was written")
+                return
+            self._on_status(f"failed: {exc}")
+        except RuntimeError:
+            pass
+        if isinstance(exc, CemkitError):
+            notify_error(exc)
+
+    def _cleanup(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
