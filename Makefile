@@ -8,7 +8,13 @@ DEV     = $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: venv install test test-all demo bench clean
+.PHONY: venv install display test test-all demo bench clean
+
+# The napari plugin's tests draw with OpenGL (Mesa) in a virtual X display (pytest-xvfb starts Xvfb): Xvfb and
+# the X libraries of Qt's xcb platform, by their Debian names. Installed when missing where we may (root with
+# apt-get: about 10 s); elsewhere install them, or run the tests in a desktop session.
+DISPLAY_PACKAGES = xvfb libgl1-mesa-dri libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
+	libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 libxkbcommon-x11-0
 
 # cemkit and its dependencies: all that `make demo` needs (76 + 29 s on 2 cores; with the test and export
 # extras 84 + 37 s, which `make test` adds on top)
@@ -28,12 +34,21 @@ $(DEV): $(STAMP)
 
 venv install: $(DEV)
 
+display:
+	@if ! command -v Xvfb > /dev/null || ! ldconfig -p | grep -q libxcb-icccm.so.4 || ! ldconfig -p | grep -q libxcb-cursor.so.0; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Xvfb and Qt's X libraries for the napari tests"; \
+	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(DISPLAY_PACKAGES) > /dev/null; \
+	  else echo "the napari tests need an X display, or Xvfb and: $(DISPLAY_PACKAGES)"; fi; \
+	fi
+
 # lint-imports: the layer contracts in pyproject.toml (no stage imports another; nothing imports upward)
-test: $(DEV)
+test: $(DEV) display
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(DEV)
+test-all: $(DEV) display
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

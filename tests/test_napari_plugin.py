@@ -3,12 +3,15 @@ Predict and Adapt widgets, the predict -> correct -> adapt -> predict loop, Canc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 napari = pytest.importorskip("napari")  # the napari extra; `make test` installs it (the dev extra includes it)
+if not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb is installed (`make test` installs it)
+    pytest.skip("no X display: install Xvfb (make display) or run in a desktop session", allow_module_level=True)
 
 from cemkit.napari_plugin import sample_data  # noqa: E402
 from cemkit.napari_plugin.adapt_widget import AdaptWidget  # noqa: E402
@@ -16,6 +19,8 @@ from cemkit.napari_plugin.predict_widget import PredictWidget  # noqa: E402
 
 WAIT_MS = 240_000
 TINY_ADAPT = ("val.every=1000",)  # the preset (128 px crops) on its time budget; one validation at the end
+STEPS_ADAPT = ("trainer.max_time=null", "trainer.max_steps=60", "val.every=60",  # the same steps and numbers
+               "trainer.precision=32-true")                                    # on any CPU
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +119,7 @@ def test_predict_correct_adapt_predict_again(make_napari_viewer, qtbot, model, t
     adapt.output.value, adapt.minutes.value = tmp_path, 0.3
     assert adapt.model.value == ""  # no model in the layer's metadata: typed here
     adapt.model.value = str(model)
-    assert adapt.run(overrides=TINY_ADAPT)
+    assert adapt.run(overrides=STEPS_ADAPT)
     _wait(qtbot, adapt)
     assert adapt.last_result.slices == [2, 7]  # the edited slices of the prediction, nothing else
     assert any(e["kind"] == "train" and e["loss"] is not None for e in adapt.history)
@@ -174,3 +179,19 @@ def test_bad_input_gives_a_notification_and_writes_nothing(make_napari_viewer, q
     (tmp_path.parent / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
     refused(predict, "corrupt.ckpt: cannot read", image=em, model=str(tmp_path.parent / "corrupt.ckpt"))
     refused(predict, "missing.ckpt: no such file or folder", model=str(tmp_path.parent / "missing.ckpt"))
+
+
+def test_closing_the_viewer_cancels_a_run_and_leaves_no_output(make_napari_viewer, qtbot, model, tmp_path):
+    viewer = make_napari_viewer()
+    image, truth = sample_data.sample_volume(shape=(3, 96, 96))
+    viewer.add_image(image, name="em")
+    viewer.add_labels(np.where(np.arange(3)[:, None, None] == 1, truth, 0).astype(np.uint8), name="paint")
+    widget = AdaptWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Adapt (cemkit)")
+    widget.model.value, widget.output.value, widget.minutes.value = str(model), tmp_path, 5.0
+    assert widget.run(overrides=TINY_ADAPT)
+    job = widget.job
+    qtbot.waitUntil(lambda: any(e["kind"] == "train" for e in widget.history), timeout=WAIT_MS)
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT_MS)
+    assert job.cancel_event.is_set() and list(tmp_path.iterdir()) == []

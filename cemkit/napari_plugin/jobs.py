@@ -181,19 +181,22 @@ def write_training_data(volume, labels: Any, slices: Sequence[int], frames: int,
 
 def adapt_config(model: str | None, entries: list[dict[str, Any]], output: Path, minutes: float, frames: int,
                  pixel_size_nm: float | None = None, overrides: Sequence[str] = ()):
-    """The ``finetune`` config of ``cemkit finetune +experiment=adapt`` for these data (the same composition)."""
+    """The ``finetune`` config of ``cemkit finetune +experiment=adapt`` for these data (the same composition).
+
+    ``overrides`` come last and win (tests replace the time budget by a step count).
+    """
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
     import cemkit.zoo  # noqa: F401 - registers the resolver for zoo:NAME settings
 
     with initialize_config_module(config_module="cemkit.conf", version_base=None):
-        cfg = compose(config_name="finetune", overrides=["+experiment=adapt", *overrides])
+        cfg = compose(config_name="finetune",
+                      overrides=["+experiment=adapt", f"trainer.max_time={float(minutes) * 60.0}", *overrides])
     OmegaConf.set_struct(cfg, False)
     cfg.model.init = str(model) if model else "none"
     cfg.model.frames = int(frames)
     cfg.output = str(output)
-    cfg.trainer.max_time = float(minutes) * 60.0
     cfg.data.ignore_value = IGNORE_VALUE
     cfg.data.voxel_size = pixel_size_nm or None
     if len(entries) == 1:

@@ -1,0 +1,138 @@
+"""The napari plugin's two numbers (docs/results.md, "The napari plugin"):
+
+1. ``first-layer``: seconds from clicking Predict to the first output layer, on a real stack, next to
+   ``cemkit predict``'s own time (the same function, called as the CLI calls it) on the same input and model:
+   the ratio is what the plugin adds (reading the layer, worker thread, adding layers).
+2. ``memory``: peak memory (RSS) while the plugin's predict streams a zarr-backed layer of ``--gib`` GiB,
+   against the layer's size. The model is a one-convolution segmenter, so that the run measures the data
+   path (slab reads, tiling, zarr writes, objects) and not a network's speed on a 2-core CPU.
+
+    xvfb-run -a python scripts/bench_napari.py first-layer --model MODEL \\
+        --images ../shared/data/vnc_mito/stack1/images --pixel-size 4.6
+    python scripts/bench_napari.py memory --gib 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from cemkit.hardware import describe_machine
+
+
+def first_layer(args) -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from cemkit.io import open_volume
+    from cemkit.napari_plugin.predict_widget import PredictWidget
+    from cemkit.predict import PredictSettings, run_prediction
+
+    image = np.asarray(open_volume(args.images)[:])
+    viewer = napari.Viewer(show=False)
+    layer = viewer.add_image(image, name="stack")
+    widget = PredictWidget(viewer)
+    widget.model.value, widget.pixel_size.value = args.model, args.pixel_size or 0.0
+    plugin_s, cli_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            widget.output.value = Path(tmp) / f"plugin{r}"
+            start = time.perf_counter()
+            widget.run(layer)
+            while widget.job.running:
+                QApplication.processEvents()
+                time.sleep(0.01)
+            plugin_s.append(widget.first_layer_s)
+            settings = PredictSettings.defaults(voxel_size=args.pixel_size or None, progress=False, overlays=0)
+            start = time.perf_counter()
+            run_prediction(args.images, Path(tmp) / f"cli{r}", args.model, settings=settings)
+            cli_s.append(time.perf_counter() - start)
+    viewer.close()
+    p, c = statistics.median(plugin_s), statistics.median(cli_s)
+    print(f"input {args.images}: {image.shape} {image.dtype}; model {args.model}")
+    print(f"plugin, click to first layer: median {p:.1f} s ({', '.join(f'{v:.1f}' for v in plugin_s)})")
+    print(f"cemkit predict (run_prediction), same input: median {c:.1f} s ({', '.join(f'{v:.1f}' for v in cli_s)})")
+    print(f"ratio plugin / cemkit predict: {p / c:.2f}")
+
+
+class PeakRSS:
+    """The largest resident set size of this process, sampled every 50 ms in a thread."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def memory(args) -> None:
+    import torch
+    import zarr
+
+    from cemkit.napari_plugin.jobs import predict_layer
+    from cemkit.napari_plugin.layer_data import image_volume
+    from cemkit.predict import Segmenter
+
+    side = 4096
+    depth = max(1, round(args.gib * 2**30 / side**2))
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        store = zarr.open_array(str(Path(tmp) / "layer.zarr"), mode="w", shape=(depth, side, side),
+                                chunks=(1, 1024, 1024), dtype="uint8")
+        rng = np.random.default_rng(0)
+        for z in range(depth):  # smooth blobs, so that there are objects to label
+            small = rng.random((side // 64, side // 64), dtype=np.float32)
+            store[z] = (np.kron(small, np.ones((64, 64), np.float32)) * 255).astype(np.uint8)
+        torch.manual_seed(0)
+        model = Segmenter(torch.nn.Conv2d(1, 1, 3, padding=1), frames=1, name="one-conv")
+        base = psutil.Process().memory_info().rss
+        start = time.perf_counter()
+        with PeakRSS() as peak:
+            result = predict_layer(image_volume(store, "layer"), "", Path(tmp) / "out", models=[model])
+        seconds = time.perf_counter() - start
+    layer_gib = depth * side * side / 2**30
+    print(f"zarr layer {depth} x {side} x {side} uint8 = {layer_gib:.2f} GiB, {result.record.get('objects')} objects, "
+          f"{seconds:.0f} s")
+    print(f"peak RSS {peak.peak / 2**30:.2f} GiB (before the run {base / 2**30:.2f} GiB); "
+          f"ratio peak / layer size: {peak.peak / 2**30 / layer_gib:.2f}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    a = sub.add_parser("first-layer")
+    a.add_argument("--model", required=True)
+    a.add_argument("--images", default="../shared/data/vnc_mito/stack1/images")
+    a.add_argument("--pixel-size", type=float, default=None)
+    a.add_argument("--repeats", type=int, default=3)
+    b = sub.add_parser("memory")
+    b.add_argument("--gib", type=float, default=2.0)
+    b.add_argument("--tmp", default=None, help="where the layer and the outputs are written (disk, not tmpfs)")
+    args = parser.parse_args()
+    print(describe_machine())
+    {"first-layer": first_layer, "memory": memory}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
