@@ -89,13 +89,28 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+#: ``CEMKIT_CPU_FLAGS=avx2`` (comma-separated /proc/cpuinfo flags): cemkit's choices (precision, dHash path)
+#: are made as for a CPU with only these flags. With :data:`AVX2_ONLY_ENV`, which caps the kernels of numpy,
+#: torch, MKL and oneDNN at AVX2, a run is timed as on an AVX2-only CPU (``scripts/as_avx2_cpu.py``).
+FLAGS_ENV = "CEMKIT_CPU_FLAGS"
+AVX2_ONLY_ENV = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                 "ONEDNN_MAX_CPU_ISA": "AVX2", FLAGS_ENV: "avx2"}
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
-    """This machine's :class:`CpuFeatures` (read once). Off Linux, the flags are unknown and all False."""
+    """This machine's :class:`CpuFeatures` (read once). Off Linux, the flags are unknown and all False.
+
+    ``$CEMKIT_CPU_FLAGS`` replaces the flags (an emulated CPU; the model name says so).
+    """
     try:
         model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         model, flags = "", frozenset()
+    emulated = os.environ.get(FLAGS_ENV)
+    if emulated is not None:
+        flags = frozenset(f.strip().lower() for f in emulated.split(",") if f.strip())
+        model = f"{model or 'CPU'} as if with only [{', '.join(sorted(flags))}] (${FLAGS_ENV})"
     return CpuFeatures.from_flags(model or platform.processor() or platform.machine() or "unknown CPU", flags,
                                   _usable_cores())
 

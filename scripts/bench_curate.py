@@ -44,12 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cemkit.hardware import AVX2_ONLY_ENV as AVX2_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 P = 224
-AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
 
 def windows(image: np.ndarray, stride: int) -> np.ndarray:
     """All 224 px windows of a 2D uint8 image at ``stride`` (padded like curate when smaller)."""

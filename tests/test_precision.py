@@ -164,3 +164,17 @@ def test_the_time_budget_warns_about_a_short_first_plan(monkeypatch, caplog):
         assert 6 < budget.total < 40 and module.total_steps == budget.total
         assert ("31.20 s a step at precision bf16-mixed on CPU: AMD EPYC 7B13" in caplog.text) == warned
         assert ("set trainer.precision=auto (float32 here)" in caplog.text) == warned
+
+
+def test_cemkit_cpu_flags_emulates_a_cpu_without_bf16_units(monkeypatch):
+    """``CEMKIT_CPU_FLAGS`` (set by scripts/as_avx2_cpu.py) makes cemkit choose as on that CPU."""
+    monkeypatch.setenv(hardware.FLAGS_ENV, "avx2,fma")
+    hardware.cpu_features.cache_clear()
+    try:
+        cpu = hardware.cpu_features()
+        assert (cpu.avx2, cpu.avx512, cpu.bf16, cpu.vnni, cpu.amx) == (True, False, False, False, False)
+        assert "as if with only [avx2, fma] ($CEMKIT_CPU_FLAGS)" in cpu.model
+        assert resolve_precision("auto", "cpu", cpu, None)[0] == "32-true"
+    finally:
+        monkeypatch.delenv(hardware.FLAGS_ENV)
+        hardware.cpu_features.cache_clear()
