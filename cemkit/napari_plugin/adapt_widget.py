@@ -15,10 +15,10 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
 from cemkit.errors import InputError
-from cemkit.napari_plugin.fields import ModelField, default_output_root, layer_box, model_of_layer
-from cemkit.napari_plugin.predict_widget import EDITED_KEY, PREDICT_WIDGETS, PREDICTION_KEY, PredictWidget
-from cemkit.napari_plugin.running import BackgroundRun, notify_error
+from cemkit.napari_plugin.fields import ModelField, default_output_root, layer_box
 from cemkit.napari_plugin.llvm_guard import load_triton_apart
+from cemkit.napari_plugin.predict_widget import EDITED_KEY, PREDICT_WIDGETS, PREDICTION_KEY, PredictWidget
+from cemkit.napari_plugin.running import RunWidget
 
 load_triton_apart()  # before anything imports torch's dynamo: see llvm_guard
 log = logging.getLogger(__name__)
@@ -36,13 +36,12 @@ def adapt_defaults() -> tuple[float, int]:
     return parse_duration(cfg.trainer.max_time) / 60.0, int(cfg.model.frames)
 
 
-class AdaptWidget(Container):
+class AdaptWidget(RunWidget):
     """Plugins > cemkit > Adapt."""
 
     def __init__(self, napari_viewer):
         minutes, frames = adapt_defaults()
         viewer = napari_viewer
-        self.viewer = viewer
         self.model = ModelField(label="model (empty: random init)")
         self.image = layer_box(viewer, "image", "image")
         self.label_layer = layer_box(viewer, "labels", "labels")
@@ -68,16 +67,9 @@ class AdaptWidget(Container):
                                   Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                                             labels=False),
                                   self.progress, self.status])
-        self.job = BackgroundRun("cemkit adapt", self._event, self._status)
-        self._layers: tuple = ()
         self.history: list[dict] = []   # the training events of the last run (loss, validation IoU)
         self.last_result = None
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(lambda: self.job.cancel())
-        self.image.changed.connect(self._model_from_layer)
-        viewer.layers.events.removed.connect(self._layer_removed)
-        self.native.destroyed.connect(self.job.cancel_event.set)
-        self._model_from_layer()
+        self.start_runs(viewer, "cemkit adapt")
 
     def run(self, overrides: tuple[str, ...] = ()) -> bool:
         """Start adapting; False when the input is refused (a notification says why, nothing is written).
@@ -97,18 +89,14 @@ class AdaptWidget(Container):
             slices = parse_slices(self.slices.value) or self._edited(labels)
             model = self.model.value or None
             out = next_free(Path(self.output.value), "adapted")
-            self._layers = (image, labels)
             self.history = []
-            self.job.start(adapt_layers, self._done, volume=volume, labels=labels.data, model=model, output=out,
-                           minutes=float(self.minutes.value), frames=int(self.frames.value), slices=slices or None,
-                           not_sure=int(self.not_sure.value) or None, labels_name=labels.name,
-                           pixel_size_nm=float(self.pixel_size.value) or None, overrides=tuple(overrides))
+            return self.launch(adapt_layers, self._done, (image, labels), volume=volume, labels=labels.data,
+                               model=model, output=out, minutes=float(self.minutes.value),
+                               frames=int(self.frames.value), slices=slices or None,
+                               not_sure=int(self.not_sure.value) or None, labels_name=labels.name,
+                               pixel_size_nm=float(self.pixel_size.value) or None, overrides=tuple(overrides))
         except Exception as exc:  # noqa: BLE001 - every refusal is a notification
-            notify_error(exc)
-            self._status(f"not started: {exc}")
-            return False
-        self._buttons(running=True)
-        return True
+            return self.refuse(exc)
 
     @staticmethod
     def _edited(labels) -> list[int]:
@@ -128,12 +116,12 @@ class AdaptWidget(Container):
         self._buttons(running=False)
         predict = self.predict_widget()
         predict.model.value = str(result.folder)
-        if self.predict_after.value and self._layers and self._layers[0] in self.viewer.layers:
-            predict.run(self._layers[0], str(result.folder))
+        if self.predict_after.value and self._in_use and self._in_use[0] in self.viewer.layers:
+            predict.run(self._in_use[0], str(result.folder))
 
     def predict_widget(self) -> PredictWidget:
         """The viewer's Predict widget (docked now if it was not open)."""
-        image = self._layers[0] if self._layers else None
+        image = self._in_use[0] if self._in_use else None
         widget = next((w for w in list(PREDICT_WIDGETS) if image is not None and image in w.viewer.layers), None)
         if widget is None:
             widget = PredictWidget(self.viewer)
@@ -153,22 +141,3 @@ class AdaptWidget(Container):
             total = next((e["total"] for e in reversed(self.history) if "total" in e), 0)
             self.progress.value = (f"step {step}/{total}" + (f" · loss {last_loss:.3f}" if last_loss is not None else "")
                                    + (f" · IoU {last_iou:.3f}" if last_iou is not None else ""))
-
-    def _status(self, text: str) -> None:
-        self.status.value = text
-        if not text.startswith(("running", "cancelling")):
-            self._buttons(running=False)
-
-    def _buttons(self, running: bool) -> None:
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
-
-    def _layer_removed(self, event) -> None:
-        if self.job.running and event.value in self._layers:
-            self.job.cancel(f"layer {event.value.name!r} was removed")
-
-    def _model_from_layer(self, *_args) -> None:
-        spec = model_of_layer(self.image.value) if self.image.value is not None else None
-        if spec and not self.model.value:
-            self.model.value = spec
-

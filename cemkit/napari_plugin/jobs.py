@@ -188,7 +188,7 @@ def adapt_config(model: str | None, entries: list[dict[str, Any]], output: Path,
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    import cemkit.zoo  # noqa: F401 - registers the resolver for zoo:NAME settings
+    import cemkit.zoo  # noqa: F401  (registers the resolver for zoo:NAME settings)
 
     with initialize_config_module(config_module="cemkit.conf", version_base=None):
         cfg = compose(config_name="finetune",

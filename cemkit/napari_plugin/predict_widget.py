@@ -18,9 +18,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from cemkit.conf import stage_defaults
 from cemkit.errors import InputError
-from cemkit.napari_plugin.fields import ModelField, default_output_root, layer_box, model_of_layer
-from cemkit.napari_plugin.running import BackgroundRun, notify_error
+from cemkit.napari_plugin.fields import ModelField, default_output_root, layer_box
 from cemkit.napari_plugin.llvm_guard import load_triton_apart
+from cemkit.napari_plugin.running import RunWidget
 
 load_triton_apart()  # before anything imports torch's dynamo: see llvm_guard
 log = logging.getLogger(__name__)
@@ -51,13 +51,12 @@ def edited_slices(item) -> set[int]:
     return zs
 
 
-class PredictWidget(Container):
+class PredictWidget(RunWidget):
     """Plugins > cemkit > Predict."""
 
     def __init__(self, napari_viewer):
         d = stage_defaults("predict")
         viewer = napari_viewer
-        self.viewer = viewer
         self.model = ModelField()
         self.image = layer_box(viewer, "image", "image")
         self.tta = ComboBox(label="test-time aug.", choices=[0, 2, 4, 8, 16], value=int(d.tta),
@@ -77,18 +76,11 @@ class PredictWidget(Container):
                                   Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                                             labels=False),
                                   self.status])
-        self.job = BackgroundRun("cemkit predict", self._event, self._status)
-        self._layer = None
         self._started = 0.0
         self.first_layer_s: float | None = None  # seconds from the click to the first output layer
         self.last_result = None
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(lambda: self.job.cancel())
-        self.image.changed.connect(self._model_from_layer)
-        viewer.layers.events.removed.connect(self._layer_removed)
-        self.native.destroyed.connect(self.job.cancel_event.set)
+        self.start_runs(viewer, "cemkit predict")
         PREDICT_WIDGETS.add(self)
-        self._model_from_layer()
 
     # -- actions -----------------------------------------------------------------------------
     def run(self, layer=None, model: str | None = None) -> bool:
@@ -103,21 +95,18 @@ class PredictWidget(Container):
             volume = image_volume(layer.data, layer.name, rgb=bool(layer.rgb))
             spec = model or self.model.value
             out = next_free(Path(self.output.value), f"predict-{_slug(layer.name)}")
-            self._layer, self._started, self.first_layer_s = layer, time.perf_counter(), None
-            self.job.start(predict_layer, self._done, volume=volume, model=spec, output=out,
-                           tta=int(self.tta.value), threshold=float(self.threshold.value),
-                           orthoplane=bool(self.orthoplane.value), pixel_size_nm=float(self.pixel_size.value) or None)
+            self._started, self.first_layer_s = time.perf_counter(), None
+            return self.launch(predict_layer, self._done, (layer,), volume=volume, model=spec, output=out,
+                               tta=int(self.tta.value), threshold=float(self.threshold.value),
+                               orthoplane=bool(self.orthoplane.value),
+                               pixel_size_nm=float(self.pixel_size.value) or None)
         except Exception as exc:  # noqa: BLE001 - every refusal is a notification
-            notify_error(exc)
-            self._status(f"not started: {exc}")
-            return False
-        self._buttons(running=True)
-        return True
+            return self.refuse(exc)
 
     def _done(self, result) -> None:
         from cemkit.io.zarr_store import open_zarr_array
 
-        layer = self._layer
+        layer = self._in_use[0]
         self.last_result = result
         flat = layer.data.ndim == 2
         load = in_memory(layer.data)
@@ -147,24 +136,6 @@ class PredictWidget(Container):
             self.status.value = f"{event['stage']}: {100 * event['done'] / event['total']:.0f} %"
         elif event["kind"] == "status":
             self.status.value = event["text"]
-
-    def _status(self, text: str) -> None:
-        self.status.value = text
-        if not text.startswith(("running", "cancelling")):
-            self._buttons(running=False)
-
-    def _buttons(self, running: bool) -> None:
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
-
-    def _layer_removed(self, event) -> None:
-        if self.job.running and event.value is self._layer:
-            self.job.cancel(f"layer {event.value.name!r} was removed")
-
-    def _model_from_layer(self, *_args) -> None:
-        spec = model_of_layer(self.image.value) if self.image.value is not None else None
-        if spec and not self.model.value:
-            self.model.value = spec
 
 
 def _slug(name: str) -> str:

@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from magicgui.widgets import Container
 from qtpy.QtCore import QObject, Signal
 
 from cemkit.errors import CemkitError, RunCancelled
+from cemkit.napari_plugin.fields import model_of_layer
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +148,55 @@ class BackgroundRun:
             self._progress.close()
             self._progress = None
         self.worker = None
+
+
+class RunWidget(Container):
+    """What the Predict and Adapt widgets share: Run/Cancel buttons and a status line around a
+    :class:`BackgroundRun` that stops when a layer it uses is removed or the widget is destroyed (the viewer
+    closed), and the model field filled from the image layer's metadata.
+
+    A subclass creates ``model``, ``image``, ``run_button``, ``cancel_button`` and ``status``, calls
+    ``Container.__init__``, then :meth:`start_runs`; it implements ``run()`` and ``_event(event)``.
+    """
+
+    def start_runs(self, viewer, name: str) -> None:
+        self.viewer = viewer
+        self.job = BackgroundRun(name, self._event, self._status)
+        self._in_use: tuple = ()  # the layers of the run in progress
+        self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button.changed.connect(lambda *_: self.job.cancel())
+        self.image.changed.connect(self._model_from_layer)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        self.native.destroyed.connect(self.job.cancel_event.set)
+        self._model_from_layer()
+
+    def launch(self, job: Callable[..., Any], on_done: Callable[[Any], None], in_use: tuple, **kwargs: Any) -> bool:
+        """Start ``job`` (see :meth:`BackgroundRun.start`) on the layers ``in_use``; True."""
+        self._in_use = in_use
+        self.job.start(job, on_done, **kwargs)
+        self._buttons(running=True)
+        return True
+
+    def refuse(self, exc: BaseException) -> bool:
+        """A run that does not start: the notification and the status line say why; False."""
+        notify_error(exc)
+        self._status(f"not started: {exc}")
+        return False
+
+    def _status(self, text: str) -> None:
+        self.status.value = text
+        if not text.startswith(("running", "cancelling")):
+            self._buttons(running=False)
+
+    def _buttons(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _layer_removed(self, event) -> None:
+        if self.job.running and any(event.value is layer for layer in self._in_use):
+            self.job.cancel(f"layer {event.value.name!r} was removed")
+
+    def _model_from_layer(self, *_args) -> None:
+        spec = model_of_layer(self.image.value) if self.image.value is not None else None
+        if spec and not self.model.value:
+            self.model.value = spec

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cemkit.zoo.cache import cache_root
 from cemkit.napari_plugin.llvm_guard import load_triton_apart
+from cemkit.zoo.cache import cache_root
 
 load_triton_apart()  # before anything imports torch's dynamo: see llvm_guard
 log = logging.getLogger(__name__)
