@@ -4,7 +4,7 @@
    ``cemkit predict``'s own time (the same function, called as the CLI calls it) on the same input and model:
    the ratio is what the plugin adds (reading the layer, worker thread, adding layers).
 2. ``memory``: peak memory (RSS) while the plugin's predict streams a zarr-backed layer of ``--gib`` GiB,
-   against the layer's size. The layer holds bright 64 px squares on 8 % of a grey field (objects about as
+   against the layer's size and against ``cemkit predict``'s run on the same store (each in its own process). The layer holds bright 64 px squares on 8 % of a grey field (objects about as
    dense as mitochondria) and the model is one 3x3 convolution that thresholds brightness, so that the run
    measures the data path (slab reads, tiling, zarr writes, objects) and not a network's speed on 2 cores.
 
@@ -87,13 +87,51 @@ class PeakRSS:
         self._thread.join()
 
 
-def memory(args) -> None:
+def _threshold_model():
     import torch
+
+    from cemkit.predict import Segmenter
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+    with torch.no_grad():  # probability = sigmoid(20 (x - 0.55)) of the normalised centre pixel
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 20.0
+        conv.bias.fill_(-11.0)
+    return Segmenter(conv, frames=1, name="one-conv threshold")
+
+
+def memory_run(args) -> None:
+    """One run in its own process (``--via plugin``: the widget's job on the layer; ``cli``: run_prediction on
+    the store, as ``cemkit predict`` calls it): prints the peak RSS while predicting and over the whole run."""
     import zarr
 
     from cemkit.napari_plugin.jobs import predict_layer
     from cemkit.napari_plugin.layer_data import image_volume
-    from cemkit.predict import Segmenter
+    from cemkit.predict import PredictSettings, run_prediction
+
+    store, out = Path(args.store), Path(args.out)
+    phase = {"predict": 0}
+    with PeakRSS() as peak:
+        def monitor(event_or_stage, done=None, total=None) -> None:
+            event = event_or_stage if isinstance(event_or_stage, dict) else {"done": done, "total": total}
+            if event.get("total") and event.get("done") == event.get("total"):
+                phase["predict"] = peak.peak
+        start = time.perf_counter()
+        if args.via == "plugin":
+            record = predict_layer(image_volume(zarr.open_array(str(store), mode="r"), "layer"), "", out,
+                                   models=[_threshold_model()], on_event=monitor).record
+        else:
+            settings = PredictSettings.defaults(output_format="zarr", resume=False, progress=False, overlays=0)
+            record = run_prediction(store, out, models=[_threshold_model()], settings=settings, monitor=monitor)
+        seconds = time.perf_counter() - start
+    print(f"RESULT {args.via} {phase['predict']} {peak.peak} {record.get('objects')} {seconds:.0f}")
+
+
+def memory(args) -> None:
+    import subprocess
+    import sys
+
+    import zarr
 
     side = 4096
     depth = max(1, round(args.gib * 2**30 / side**2))
@@ -104,22 +142,20 @@ def memory(args) -> None:
         for z in range(depth):
             bright = rng.random((side // 64, side // 64)) < 0.08
             store[z] = np.kron(np.where(bright, 200, 80).astype(np.uint8), np.ones((64, 64), np.uint8))
-        conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-        with torch.no_grad():  # probability = sigmoid(20 (x - 0.55)) of the normalised centre pixel
-            conv.weight.zero_()
-            conv.weight[0, 0, 1, 1] = 20.0
-            conv.bias.fill_(-11.0)
-        model = Segmenter(conv, frames=1, name="one-conv threshold")
-        base = psutil.Process().memory_info().rss
-        start = time.perf_counter()
-        with PeakRSS() as peak:
-            result = predict_layer(image_volume(store, "layer"), "", Path(tmp) / "out", models=[model])
-        seconds = time.perf_counter() - start
-    layer_gib = depth * side * side / 2**30
-    print(f"zarr layer {depth} x {side} x {side} uint8 = {layer_gib:.2f} GiB, {result.record.get('objects')} objects, "
-          f"{seconds:.0f} s")
-    print(f"peak RSS {peak.peak / 2**30:.2f} GiB (before the run {base / 2**30:.2f} GiB); "
-          f"ratio peak / layer size: {peak.peak / 2**30 / layer_gib:.2f}")
+        layer_gib = depth * side * side / 2**30
+        print(f"zarr layer {depth} x {side} x {side} uint8 = {layer_gib:.2f} GiB")
+        peaks = {}
+        for via in ("plugin", "cli"):
+            run = subprocess.run([sys.executable, __file__, "memory-run", "--via", via, "--store",
+                                  str(Path(tmp) / "layer.zarr"), "--out", str(Path(tmp) / f"out-{via}")],
+                                 capture_output=True, text=True, check=True)
+            _, _, predict_peak, peak, objects, seconds = next(
+                line for line in run.stdout.splitlines() if line.startswith("RESULT")).split()
+            peaks[via] = int(peak)
+            print(f"{via:>6}: peak RSS {int(peak) / 2**30:.2f} GiB ({int(predict_peak) / 2**30:.2f} GiB until the last "
+                  f"slab was predicted, then objects), {objects} objects, {seconds} s")
+        print(f"ratio plugin / cemkit predict (peak RSS): {peaks['plugin'] / peaks['cli']:.2f}; "
+              f"plugin peak / layer size: {peaks['plugin'] / 2**30 / layer_gib:.2f}")
 
 
 def main() -> None:
@@ -134,7 +170,13 @@ def main() -> None:
     b = sub.add_parser("memory")
     b.add_argument("--gib", type=float, default=2.0)
     b.add_argument("--tmp", default=None, help="where the layer and the outputs are written (disk, not tmpfs)")
+    c = sub.add_parser("memory-run")  # one side of `memory`, in a process of its own
+    c.add_argument("--via", choices=["plugin", "cli"], required=True)
+    c.add_argument("--store", required=True)
+    c.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.part == "memory-run":
+        return memory_run(args)
     print(describe_machine())
     {"first-layer": first_layer, "memory": memory}[args.part](args)
 

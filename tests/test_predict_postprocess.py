@@ -158,3 +158,13 @@ def test_object_table_columns_and_values(tmp_path):
         rows = list(csv.DictReader(fh))
     assert rows[1]["voxels"] == "50" and float(rows[1]["volume_nm3"]) == 50 * 40 * 36
     assert list(rows[0])[:len(TABLE_COLUMNS)] == list(TABLE_COLUMNS)
+
+
+def test_band_planes_bounds_the_voxels_of_a_post_processing_band():
+    from cemkit.predict.postprocess import band_planes
+
+    assert band_planes((100, 1024, 1024), 8) == 16            # at least 16 planes where they fit in 2**26 voxels
+    assert band_planes((100, 1024, 1024), 32) == 32           # the slab size when larger
+    assert band_planes((100, 4096, 4096), 8) == 4             # 4 x 4096^2 = 2**26 voxels
+    assert band_planes((3, 16384, 16384), 8) == 1             # never fewer than one plane
+    assert band_planes((100, 64, 64), 8, max_voxels=10 * 64 * 64) == 10

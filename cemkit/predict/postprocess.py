@@ -95,9 +95,13 @@ def label_components(mask, labels_out, slab_size: int = 32, connectivity: int = 
     for z0, z1 in slab_ranges(depth, slab_size):
         block = np.asarray(mask[z0:z1])
         fg = block > 0 if foreground is None else block == foreground
-        lab, n = ndimage.label(fg, structure=structure, output=np.int64)
+        del block
+        # provisional labels in int32 while they fit (half the memory of int64 on a large band)
+        dtype = np.int32 if offset + fg.size // 2 + 1 < np.iinfo(np.int32).max else np.int64
+        lab, n = ndimage.label(fg, structure=structure, output=dtype)
+        del fg
         counts.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
-        lab[lab > 0] += offset
+        np.add(lab, offset, out=lab, where=lab > 0)
         if prev_last is not None:
             pairs.append(_touching_pairs(prev_last, lab[0], offsets))
         prev_last = lab[-1].copy()
@@ -115,11 +119,22 @@ def label_components(mask, labels_out, slab_size: int = 32, connectivity: int = 
     order = np.argsort(first[keep], kind="stable")
     final = np.zeros(comp.max() + 1, np.int64)
     final[np.flatnonzero(keep)[order]] = np.arange(1, keep.sum() + 1)
-    lut = final[comp]
+    lut = final[comp].astype(labels_out.dtype)
     lut[0] = 0
     for z0, z1 in slab_ranges(depth, slab_size):
-        labels_out[z0:z1] = lut[np.asarray(labels_out[z0:z1]).astype(np.int64)].astype(labels_out.dtype)
+        labels_out[z0:z1] = lut[np.asarray(labels_out[z0:z1])]  # unsigned provisional labels index lut directly
     return int(keep.sum())
+
+
+def band_planes(shape: tuple[int, ...], slab_size: int, max_voxels: int = 2**26) -> int:
+    """Planes per band of the post-processing passes: ``slab_size``, at least 16 (fewer band seams to merge),
+    at most ``max_voxels`` voxels a band, and at least one plane. Memory is set by the band, not the volume.
+
+    >>> band_planes((100, 1024, 1024), 8), band_planes((100, 4096, 4096), 8), band_planes((100, 16384, 16384), 8)
+    (16, 4, 1)
+    """
+    plane = int(shape[-2]) * int(shape[-1])
+    return max(1, min(max(int(slab_size), 16), max_voxels // plane))
 
 
 def watershed_bytes(shape: tuple[int, ...]) -> int:

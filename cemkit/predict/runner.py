@@ -41,6 +41,7 @@ from cemkit.predict.ensemble import METHODS, normalised_weights
 from cemkit.predict.models import Segmenter, load_segmenters, resolve_checkpoints
 from cemkit.predict.orthoplane import VIEWS, AxisView, average_views
 from cemkit.predict.postprocess import (
+    band_planes,
     label_components,
     largest_split_window,
     object_table,
@@ -448,7 +449,7 @@ def post_process(plan: PredictionPlan, arrays: dict[str, Any]) -> tuple[int | No
     if s.instances:
         arrays["labels"] = create_zarr(plan.work / "labels.zarr", shape, "uint32",
                                        _chunks(shape, s.slab_size, False), voxel_size=vs, overwrite=True)
-        band = max(s.slab_size, 16)  # planes per read of the labels in the post-processing passes
+        band = band_planes(shape, s.slab_size)  # planes per read in the post-processing passes (bounds memory)
         n_objects = label_components(arrays["mask"], arrays["labels"], slab_size=band,
                                      connectivity=s.connectivity, min_size=s.min_size)
         if s.watershed:  # each component split on its own: memory for the largest object, not the volume
