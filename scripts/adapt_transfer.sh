@@ -48,3 +48,9 @@ $C predict checkpoint=$OUT/joint input=$D/vnc_clean/images output=$OUT/joint_pre
 $C predict checkpoint=$OUT/src_all input=$D/vnc_clean/images output=$OUT/zero_shot progress=false rescale=false
 $C predict checkpoint=$OUT/src_all input=$D/vnc_clean/images output=$OUT/zero_shot_rescaled progress=false \
     voxel_size=4.6
+# 7. the reverse: a VNC model (random init, the 10 usable sections, 400 steps of 128 px, trained at 4.6 nm) on
+#    CDeep3M 024-029 (5.9 nm), at its own grid and rescaled (5.9 -> 4.6 nm)
+$C finetune +experiment=adapt data.images=$D/vnc_clean/images data.labels=$D/vnc_clean/labels data.voxel_size=4.6 \
+    $FIX trainer.max_steps=400 output=$OUT/vnc_model
+$C predict checkpoint=$OUT/vnc_model input=$D/cd_all/images output=$OUT/reverse progress=false rescale=false
+$C predict checkpoint=$OUT/vnc_model input=$D/cd_all/images output=$OUT/reverse_rescaled progress=false voxel_size=5.9

@@ -17,6 +17,7 @@ from cemkit.napari_plugin.layer_data import (
     IGNORE_VALUE,
     image_volume,
     label_blocks,
+    layer_array,
     painted_slices,
     parse_slices,
     training_labels,
@@ -147,3 +148,11 @@ def test_next_free_skips_finished_and_partial_folders(tmp_path: Path):
     (tmp_path / "adapted-1").mkdir()
     (tmp_path / ".adapted-2.partial").mkdir()
     assert jobs.next_free(tmp_path, "adapted") == tmp_path / "adapted-3"
+
+
+def test_a_multiscale_layer_is_read_at_full_resolution():
+    from types import SimpleNamespace
+
+    levels = [np.zeros((2, 8, 8), np.uint8), np.zeros((2, 4, 4), np.uint8)]
+    assert layer_array(SimpleNamespace(multiscale=True, data=levels)) is levels[0]
+    assert layer_array(SimpleNamespace(multiscale=False, data=levels[1])) is levels[1]

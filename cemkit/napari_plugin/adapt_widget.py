@@ -77,13 +77,13 @@ class AdaptWidget(RunWidget):
         ``overrides``: extra finetune config overrides (tests use tiny settings).
         """
         from cemkit.napari_plugin.jobs import adapt_layers, next_free
-        from cemkit.napari_plugin.layer_data import check_same_grid, image_volume, parse_slices
+        from cemkit.napari_plugin.layer_data import check_same_grid, image_volume, layer_array, parse_slices
 
         image, labels = self.image.value, self.label_layer.value
         try:
             if image is None or labels is None:
                 raise InputError("choose an Image layer and a Labels layer with a few painted slices")
-            volume = image_volume(image.data, image.name, rgb=bool(image.rgb))
+            volume = image_volume(layer_array(image), image.name, rgb=bool(image.rgb))
             lab_shape = tuple(labels.data.shape) if labels.data.ndim == 3 else (1, *labels.data.shape)
             check_same_grid(volume.shape, lab_shape, image.name, labels.name)
             slices = parse_slices(self.slices.value) or self._edited(labels)

@@ -39,6 +39,11 @@ class LayerVolume(Volume):
         return np.asarray(self._data[zs, ys, xs])
 
 
+def layer_array(layer) -> Any:
+    """A layer's array: its data, or the full-resolution level of a multiscale layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def image_volume(data: Any, name: str, rgb: bool = False) -> LayerVolume:
     """The Image layer ``name`` as a volume, checked.
 

@@ -19,6 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from cemkit.conf import stage_defaults
 from cemkit.errors import InputError
 from cemkit.napari_plugin.fields import ModelField, default_output_root, layer_box
+from cemkit.napari_plugin.layer_data import layer_array
 from cemkit.napari_plugin.llvm_guard import load_triton_apart
 from cemkit.napari_plugin.running import RunWidget
 
@@ -92,7 +93,7 @@ class PredictWidget(RunWidget):
         try:
             if layer is None:
                 raise InputError("choose an Image layer")
-            volume = image_volume(layer.data, layer.name, rgb=bool(layer.rgb))
+            volume = image_volume(layer_array(layer), layer.name, rgb=bool(layer.rgb))
             spec = model or self.model.value
             out = next_free(Path(self.output.value), f"predict-{_slug(layer.name)}")
             self._started, self.first_layer_s = time.perf_counter(), None
@@ -108,18 +109,24 @@ class PredictWidget(RunWidget):
 
         layer = self._in_use[0]
         self.last_result = result
-        flat = layer.data.ndim == 2
-        load = in_memory(layer.data)
+        source = layer_array(layer)
+        flat = source.ndim == 2
+        load = in_memory(source)
 
         def data(path: Path):
             arr = open_zarr_array(path)
             arr = np.asarray(arr) if load else arr
-            return arr[0] if flat else arr
+            return arr[..., 0, :, :] if flat else arr  # (c,) z, y, x
 
         where = {"scale": layer.scale, "translate": layer.translate}
         probs = data(result.probabilities)
-        self.viewer.add_image(probs, name=f"{layer.name} probabilities", colormap="magma", blending="additive",
-                              opacity=0.6, contrast_limits=(0, 255 if probs.dtype == np.uint8 else 1), **where)
+        top = 255 if probs.dtype == np.uint8 else 1
+        if probs.ndim == source.ndim + 1:  # a multi-class model: one layer per class
+            self.viewer.add_image(probs, channel_axis=0, name=[f"{layer.name} p(class {c})" for c in range(len(probs))],
+                                  contrast_limits=[(0, top)] * len(probs), blending="additive", **where)
+        else:
+            self.viewer.add_image(probs, name=f"{layer.name} probabilities", colormap="magma", blending="additive",
+                                  opacity=0.6, contrast_limits=(0, top), **where)
         self.first_layer_s = time.perf_counter() - self._started
         if result.labels is not None:
             labels = self.viewer.add_labels(data(result.labels), name=f"{layer.name} objects", **where,
