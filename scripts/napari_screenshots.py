@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/napari_screenshots.py [--out docs/img]
 
 Predict runs the tiny sample model on the synthetic volume; two slices of the prediction are corrected
-from the true labels, Adapt runs for 20 s and predicts again. One picture after each step.
+from the true labels, Adapt runs for 40 s and predicts again. One picture after each step.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
     for z in (3, 8):  # the user corrects two slices of the prediction
         zz, yy, xx = np.nonzero(np.ones_like(truth[z:z + 1]))
         objects.data_setitem((zz + z, yy, xx), truth[z].ravel().astype(objects.data.dtype))
-    adapt.label_layer.value, adapt.minutes.value = objects, 20 / 60
+    adapt.label_layer.value, adapt.minutes.value = objects, 40 / 60
     adapt.run()
     wait(adapt)
     wait(predict)  # Adapt hands the model to Predict, which runs again
