@@ -87,17 +87,28 @@ def test_a_zarr_layer_gets_lazy_outputs(make_napari_viewer, qtbot, model, tmp_pa
     import zarr
 
     viewer = make_napari_viewer()
-    image, _ = sample_data.sample_volume(shape=(3, 64, 64))
+    image, _ = sample_data.sample_volume(shape=(12, 64, 64))
     store = zarr.open_array(str(tmp_path / "em.zarr"), mode="w", shape=image.shape, chunks=(1, 64, 64),
                             dtype=image.dtype)
     store[:] = image
-    viewer.add_image(store, name="lazy em")
+    layer = viewer.add_image(store, name="lazy em", contrast_limits=(0, 255))
+    reads: list[tuple] = []
+    original = type(store).__getitem__
+
+    class Spy(type(store)):  # records each block cemkit reads from the layer's zarr array
+        def __getitem__(self, key):
+            block = original(self, key)
+            reads.append(np.shape(block))
+            return block
+
+    store.__class__ = Spy
     widget = PredictWidget(viewer)
     widget.model.value, widget.output.value = str(model), tmp_path / "out"
-    assert widget.run()
+    assert widget.run(layer)
     _wait(qtbot, widget)
     out = viewer.layers["lazy em probabilities"].data
-    assert not isinstance(out, np.ndarray) and out.shape == (3, 64, 64)  # a zarr array, read as displayed
+    assert not isinstance(out, np.ndarray) and out.shape == (12, 64, 64)  # a zarr array, read as displayed
+    assert reads and max(int(np.prod(r)) for r in reads) < store.size  # never the whole layer at once
 
 
 def test_predict_correct_adapt_predict_again(make_napari_viewer, qtbot, model, tmp_path):
