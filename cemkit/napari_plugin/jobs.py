@@ -159,7 +159,8 @@ def _adapt_monitor(on_event: Callable[[Event], None], cancel: threading.Event | 
 
 def write_training_data(volume, labels: Any, slices: Sequence[int], frames: int, folder: Path,
                         not_sure: int | None = None) -> list[dict[str, Any]]:
-    """Write the labelled slices (with the context a ``frames``-frame model reads) as tif stacks.
+    """Write the labelled slices of the (z, y, x) ``labels`` (with the context a ``frames``-frame model reads)
+    as tif stacks.
 
     The images are written as uint8 through ``volume.as_uint8()``, the intensity mapping predict uses
     on the same layer. Returns the ``data.sources`` entries (images, labels, label_slices).
@@ -171,8 +172,7 @@ def write_training_data(volume, labels: Any, slices: Sequence[int], frames: int,
     entries = []
     for i, (z0, z1) in enumerate(label_blocks(slices, volume.shape[0], frames // 2)):
         zs = [z for z in slices if z0 <= z < z1]
-        lab = np.stack([training_labels(np.asarray(labels[z]) if labels.ndim == 3 else np.asarray(labels), not_sure)
-                        for z in zs])
+        lab = np.stack([training_labels(np.asarray(labels[z]), not_sure) for z in zs])
         entries.append({"images": str(write_tif_stack(folder / f"block{i}_images.tif", src[z0:z1])),
                         "labels": str(write_tif_stack(folder / f"block{i}_labels.tif", lab)),
                         "label_slices": [z - z0 for z in zs]})
