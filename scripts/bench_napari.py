@@ -46,8 +46,7 @@ def first_layer(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             widget.output.value = Path(tmp) / f"plugin{r}"
-            start = time.perf_counter()
-            widget.run(layer)
+            widget.run(layer)  # times itself: widget.first_layer_s
             while widget.job.running:
                 QApplication.processEvents()
                 time.sleep(0.01)
@@ -112,17 +111,20 @@ def memory_run(args) -> None:
     store, out = Path(args.store), Path(args.out)
     phase = {"predict": 0}
     with PeakRSS() as peak:
-        def monitor(event_or_stage, done=None, total=None) -> None:
-            event = event_or_stage if isinstance(event_or_stage, dict) else {"done": done, "total": total}
-            if event.get("total") and event.get("done") == event.get("total"):
+        def last_slab(done: int, total: int) -> None:
+            if total and done == total:
                 phase["predict"] = peak.peak
+
         start = time.perf_counter()
         if args.via == "plugin":
             record = predict_layer(image_volume(zarr.open_array(str(store), mode="r"), "layer"), "", out,
-                                   models=[_threshold_model()], on_event=monitor).record
+                                   models=[_threshold_model()],
+                                   on_event=lambda e: e["kind"] == "progress" and last_slab(e["done"], e["total"])
+                                   ).record
         else:
             settings = PredictSettings.defaults(output_format="zarr", resume=False, progress=False, overlays=0)
-            record = run_prediction(store, out, models=[_threshold_model()], settings=settings, monitor=monitor)
+            record = run_prediction(store, out, models=[_threshold_model()], settings=settings,
+                                    monitor=lambda stage, done, total: last_slab(done, total))
         seconds = time.perf_counter() - start
     print(f"RESULT {args.via} {phase['predict']} {peak.peak} {record.get('objects')} {seconds:.0f}")
 

@@ -141,12 +141,12 @@ def test_predict_streams_a_lazy_layer_and_cancel_leaves_no_output(tmp_path, one_
     with pytest.raises(RunCancelled):
         jobs.predict_layer(image_volume(data, "lazy"), "", tmp_path / "p-2", models=[model],
                            on_event=stop_after_first_slab, cancel=cancel)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p-1"]  # neither p-2 nor .p-2.partial
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p-1"]  # neither p-2 nor its temporary folder
 
 
 def test_next_free_skips_finished_and_partial_folders(tmp_path: Path):
     (tmp_path / "adapted-1").mkdir()
-    (tmp_path / ".adapted-2.partial").mkdir()
+    (tmp_path / ".adapted-2.tmp-123-0123456789abcdef").mkdir()  # being written (cemkit.io.atomic's temporary name)
     assert jobs.next_free(tmp_path, "adapted") == tmp_path / "adapted-3"
 
 

@@ -159,7 +159,7 @@ def test_cancel_and_layer_removal_stop_adapt_and_leave_no_output(make_napari_vie
         stop()
         _wait(qtbot, widget)
         assert widget.status.value == "cancelled: nothing was written"
-        assert list(tmp_path.iterdir()) == []  # neither adapted-1 nor its partial folder
+        assert list(tmp_path.iterdir()) == []  # neither adapted-1 nor its temporary folder
 
 
 def test_bad_input_gives_a_notification_and_writes_nothing(make_napari_viewer, qtbot, model, tmp_path, errors):

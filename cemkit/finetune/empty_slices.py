@@ -16,6 +16,7 @@ background; adapting from two slices, it undoes the other one. ``data.empty_slic
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 
 from cemkit.errors import ConfigError
@@ -83,4 +84,5 @@ def apply_empty_slice_policy(vol: LabelledVolume, policy: str, key: str = "data.
     log.warning("%s: label slice(s) z=%s hold no foreground while the other labelled slices do: taken as "
                 "not annotated, not trained on (%s=train trains on them as background)",
                 vol.name, ", ".join(map(str, empty)), key)
-    return vol.subset([z for z in vol.slices if z not in set(empty)])
+    dropped = set(empty)
+    return vol.subset([z for z in vol.slices if z not in dropped])

@@ -93,13 +93,9 @@ def init_pixel_size(spec: Any, frames: int) -> float | None:
     InputError
         As :func:`resolve_init`.
     """
-    from cemkit.models.checkpoint import is_segmenter_checkpoint, read_checkpoint
+    from cemkit.models.checkpoint import segmenter_meta
 
     path = init_file(spec, frames)
-    if path is None:
-        return None
-    obj = read_checkpoint(path, mmap=True)
-    if not is_segmenter_checkpoint(obj):
-        return None
-    value = (obj["cemkit"].get("meta") or {}).get("pixel_size_nm")
+    meta = None if path is None else segmenter_meta(path)
+    value = None if meta is None else meta.get("pixel_size_nm")
     return None if value is None else float(value)

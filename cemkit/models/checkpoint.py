@@ -70,6 +70,21 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{path}: cannot read as a weights-only torch checkpoint ({exc})") from exc
 
 
+def segmenter_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta`` of a segmenter checkpoint (``frames``, ``pixel_size_nm``, ...), read without loading its
+    tensors (mapped); ``None`` for another kind of checkpoint (encoder weights).
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file (named).
+    """
+    obj = read_checkpoint(path, mmap=True)
+    if not is_segmenter_checkpoint(obj):
+        return None
+    return dict(obj["cemkit"].get("meta") or {})
+
+
 def segmenter_from_checkpoint(ckpt: dict[str, Any], where: str = "<checkpoint>"):
     """Build the model stored in a loaded checkpoint dict; returns ``(model, meta)``."""
     from cemkit.models.deepem3d import DeepEM3DSegmenter

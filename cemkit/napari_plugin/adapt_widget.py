@@ -77,15 +77,14 @@ class AdaptWidget(RunWidget):
         ``overrides``: extra finetune config overrides (tests use tiny settings).
         """
         from cemkit.napari_plugin.jobs import adapt_layers, next_free
-        from cemkit.napari_plugin.layer_data import check_same_grid, image_volume, layer_array, parse_slices
+        from cemkit.napari_plugin.layer_data import image_volume, labels_on_grid, layer_array, parse_slices
 
         image, labels = self.image.value, self.label_layer.value
         try:
             if image is None or labels is None:
                 raise InputError("choose an Image layer and a Labels layer with a few painted slices")
             volume = image_volume(layer_array(image), image.name, rgb=bool(image.rgb))
-            lab_shape = tuple(labels.data.shape) if labels.data.ndim == 3 else (1, *labels.data.shape)
-            check_same_grid(volume.shape, lab_shape, image.name, labels.name)
+            labels_on_grid(labels.data, volume.shape, image.name, labels.name)  # refused here, before a thread
             slices = parse_slices(self.slices.value) or self._edited(labels)
             model = self.model.value or None
             out = next_free(Path(self.output.value), "adapted")
@@ -113,7 +112,6 @@ class AdaptWidget(RunWidget):
     def _done(self, result) -> None:
         self.last_result = result
         self._status(f"adapted on slices {result.slices}: {result.result.get('steps')} steps -> {result.folder}")
-        self._buttons(running=False)
         predict = self.predict_widget()
         predict.model.value = str(result.folder)
         if self.predict_after.value and self._in_use and self._in_use[0] in self.viewer.layers:

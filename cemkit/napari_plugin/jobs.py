@@ -3,19 +3,18 @@
 Predict calls :func:`cemkit.predict.run_prediction` (what ``cemkit predict`` calls) on a
 :class:`~cemkit.napari_plugin.layer_data.LayerVolume`; Adapt composes the ``finetune`` config with
 ``+experiment=adapt`` (what ``cemkit finetune +experiment=adapt`` composes) and calls
-:func:`cemkit.finetune.orchestrate.run_finetune`. Both write into a hidden ``.NAME.partial`` folder and
-rename it when the run has finished: a cancelled or failed run leaves nothing behind. Progress goes to
+:func:`cemkit.finetune.orchestrate.run_finetune`. Both write their output folder atomically
+(:func:`written_to`, on :func:`cemkit.io.atomic.atomic_path`): a cancelled or failed run leaves nothing behind. Progress goes to
 ``on_event(dict)``; ``cancel`` (a :class:`threading.Event`) stops a run between two slabs or two steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
-import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from cemkit.errors import InputError, RunCancelled
-from cemkit.napari_plugin.layer_data import IGNORE_VALUE, label_blocks, painted_slices, training_labels
+from cemkit.io.atomic import atomic_path
+from cemkit.napari_plugin.layer_data import (
+    IGNORE_VALUE,
+    label_blocks,
+    labels_on_grid,
+    painted_slices,
+    training_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +46,24 @@ def check_cancel(cancel: threading.Event | None) -> None:
 
 
 def next_free(root: Path, stem: str) -> Path:
-    """``root/stem-1``, ``root/stem-2``, ...: the first that does not exist (nor its partial folder)."""
+    """``root/stem-1``, ``root/stem-2``, ...: the first that neither exists nor is being written
+    (:func:`cemkit.io.atomic.temporary_sibling` names: ``.NAME.tmp-*``)."""
     n = 1
-    while (root / f"{stem}-{n}").exists() or partial_folder(root / f"{stem}-{n}").exists():
+    while (root / f"{stem}-{n}").exists() or any(root.glob(f".{stem}-{n}.tmp-*")):
         n += 1
     return root / f"{stem}-{n}"
 
 
-def partial_folder(final: Path) -> Path:
-    """Where a run writes until it has finished: ``.NAME.partial`` beside ``final``."""
-    return final.parent / f".{final.name}.partial"
-
-
-def _publish(partial: Path, final: Path) -> None:
-    """Rename the finished ``partial`` folder to ``final`` and repoint the paths its json records hold."""
-    for path in partial.rglob("*.json"):
-        text = path.read_text()
-        if str(partial) in text:
-            path.write_text(text.replace(str(partial), str(final)))
-    os.replace(partial, final)
+@contextlib.contextmanager
+def written_to(final: Path) -> Iterator[Path]:
+    """:func:`~cemkit.io.atomic.atomic_path` for a run's output folder: yields the hidden folder to write; when
+    the block has finished, the paths its json records hold are pointed at ``final`` and it is renamed there."""
+    with atomic_path(final) as tmp:
+        yield tmp
+        for path in tmp.rglob("*.json"):
+            text = path.read_text()
+            if str(tmp) in text:
+                path.write_text(text.replace(str(tmp), str(final)))
 
 
 @dataclass
@@ -69,13 +74,28 @@ class PredictResult:
     record: dict = field(repr=False)
 
 
-def load_models(model: str, device: str = "cpu"):
-    """The segmenters a model spec names (folder, checkpoint or ``zoo:NAME``); errors name the file."""
-    from cemkit.predict import load_segmenters, resolve_checkpoints
+def model_frames(model: str) -> dict[Path, int]:
+    """The checkpoint files a model spec names (folder, ``.ckpt`` or ``zoo:NAME``, resolved as ``cemkit predict``
+    resolves ``checkpoint=``), each with its frame count, read from its metadata without loading it.
+
+    Raises
+    ------
+    InputError
+        No model given; a missing or unreadable file, or one that is not a segmentation model (named).
+    """
+    from cemkit.models.checkpoint import segmenter_meta
+    from cemkit.predict import resolve_checkpoints
 
     if not str(model or "").strip():
         raise InputError("choose a model: a cemkit finetune output folder, a .ckpt file or zoo:NAME")
-    return load_segmenters(resolve_checkpoints(str(model)), device)
+    frames = {}
+    for path in resolve_checkpoints(str(model)):
+        meta = segmenter_meta(path)
+        if meta is None:
+            raise InputError(f"checkpoint {path}: not a cemkit segmentation model (encoder weights?); give a "
+                             "finetune output folder or its best.ckpt")
+        frames[path] = int(meta.get("frames", 1))
+    return frames
 
 
 def check_depth(frames: int, depth: int, layer: str) -> None:
@@ -93,8 +113,8 @@ def predict_layer(volume, model: str, output: Path, *, tta: int | None = None, t
                   models: Sequence[Any] | None = None) -> PredictResult:
     """Predict ``volume`` (a :class:`LayerVolume`) with ``model`` into the new folder ``output``.
 
-    The settings left ``None`` keep ``conf/predict.yaml``'s defaults. ``models`` (already loaded) skips
-    loading ``model``. Returns the finished folder and its zarr outputs.
+    The settings left ``None`` keep ``conf/predict.yaml``'s defaults. ``models`` (already built
+    :class:`~cemkit.predict.Segmenter` objects) replace ``model``. Returns the finished folder and its zarr outputs.
     """
     from cemkit.predict import PredictSettings, run_prediction
 
@@ -108,23 +128,18 @@ def predict_layer(volume, model: str, output: Path, *, tta: int | None = None, t
         raise InputError(f"{output}: exists; choose a new output folder")
     check_cancel(cancel)
     on_event({"kind": "status", "text": "loading the model"})
-    models = list(models) if models is not None else load_models(model)
-    for m in models:
-        check_depth(m.frames, volume.shape[0], volume.name)
-    partial = partial_folder(output)
-    shutil.rmtree(partial, ignore_errors=True)
+    checkpoints = None if models is not None else model_frames(model)
+    for frames in (checkpoints.values() if checkpoints is not None else (m.frames for m in models)):
+        check_depth(frames, volume.shape[0], volume.name)
 
     def monitor(stage: str, done: int, total: int) -> None:
         check_cancel(cancel)
         on_event({"kind": "progress", "stage": stage, "done": done, "total": total})
 
-    try:
-        record = run_prediction(volume, partial, models=models, settings=settings, monitor=monitor)
+    with written_to(output) as partial:
+        record = run_prediction(volume, partial, None if checkpoints is None else list(checkpoints), models=models,
+                                settings=settings, monitor=monitor)
         check_cancel(cancel)
-        _publish(partial, output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     labels = output / "labels.zarr"
     return PredictResult(output, output / "probabilities.zarr", labels if labels.exists() else None, record)
 
@@ -218,28 +233,19 @@ def adapt_layers(volume, labels: Any, model: str | None, output: Path, *, minute
     Checks come first (layer shapes, painted slices, model file, frames), so bad input writes nothing.
     ``overrides``: extra finetune config overrides (tests use tiny settings).
     """
-    from cemkit.finetune.initialization import init_file
+    from cemkit.finetune.initialization import resolve_init
     from cemkit.finetune.orchestrate import run_finetune
-    from cemkit.napari_plugin.layer_data import check_same_grid
-
     output = Path(output)
-    lab_shape = tuple(labels.shape) if labels.ndim == 3 else (1, *labels.shape)
-    check_same_grid(volume.shape, lab_shape, volume.name, labels_name)
-    if labels.ndim == 2:
-        labels = np.asarray(labels)[None]
+    labels = labels_on_grid(labels, volume.shape, volume.name, labels_name)
     zs = painted_slices(labels, slices)
     if not minutes > 0:
         raise InputError(f"the time budget must be > 0 minutes, got {minutes}")
     check_depth(frames, volume.shape[0], volume.name)
-    if model:
-        path = init_file(model, frames)
-        load_models(str(path))  # a corrupt file fails here, before anything is written
+    resolve_init(model, frames)  # model.init's own check: a missing or corrupt file fails before anything is written
     if output.exists():
         raise InputError(f"{output}: exists; choose a new output folder")
     check_cancel(cancel)
-    partial = partial_folder(output)
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with written_to(output) as partial:
         on_event({"kind": "status", "text": f"writing {len(zs)} labelled slice(s)"})
         entries = write_training_data(volume, labels, zs, frames, partial / "data", not_sure)
         cfg = adapt_config(model, entries, partial, minutes, frames, pixel_size_nm, overrides)
@@ -249,8 +255,4 @@ def adapt_layers(volume, labels: Any, model: str | None, output: Path, *, minute
         (partial / "adapt.json").write_text(json.dumps(
             {"model": str(model) if model else None, "slices": zs, "frames": frames, "minutes": minutes,
              "not_sure_label": not_sure, "pixel_size_nm": pixel_size_nm, "layer": volume.name}, indent=2))
-        _publish(partial, output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return AdaptResult(output, frames, zs, results[frames])

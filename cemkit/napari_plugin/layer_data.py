@@ -67,11 +67,19 @@ def image_volume(data: Any, name: str, rgb: bool = False) -> LayerVolume:
     return LayerVolume(data, name)
 
 
-def check_same_grid(image_shape: Sequence[int], labels_shape: Sequence[int], image: str, labels: str) -> None:
-    """Raise :class:`InputError` unless the Labels layer covers the Image layer voxel for voxel."""
-    if tuple(image_shape) != tuple(labels_shape):
-        raise InputError(f"labels layer {labels!r} has shape {tuple(labels_shape)} but image layer {image!r} has "
+def labels_on_grid(labels: Any, image_shape: Sequence[int], image: str, name: str) -> Any:
+    """A Labels layer's array as (z, y, x) (a 2-D one gets a z axis), checked to cover the image voxel for voxel.
+
+    Raises
+    ------
+    InputError
+        Another shape than the image's (a 2-D layer counts as one slice); the message names both layers.
+    """
+    shape = tuple(labels.shape) if labels.ndim == 3 else (1, *labels.shape)
+    if tuple(image_shape) != shape:
+        raise InputError(f"labels layer {name!r} has shape {shape} but image layer {image!r} has "
                          f"{tuple(image_shape)}: paint the labels on a layer of the image's shape")
+    return labels if labels.ndim == 3 else np.asarray(labels)[None]
 
 
 def painted_slices(labels: Any, chosen: Sequence[int] | None = None) -> list[int]:

@@ -135,7 +135,6 @@ class PredictWidget(RunWidget):
                 edited_slices(event.value)))
         self._status(f"done in {time.perf_counter() - self._started:.1f} s: {result.record.get('objects')} objects "
                      f"-> {result.folder}")
-        self._buttons(running=False)
 
     # -- callbacks ---------------------------------------------------------------------------
     def _event(self, event: dict) -> None:

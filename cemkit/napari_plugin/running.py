@@ -70,7 +70,6 @@ class BackgroundRun:
         self.cancel_event = threading.Event()
         self.worker = None
         self._progress = None
-        self._done_units = 0
 
     @property
     def running(self) -> bool:
@@ -85,7 +84,6 @@ class BackgroundRun:
             raise CemkitError(f"{self.name} is already running: wait for it or cancel it")
         self.cancel_event = threading.Event()
         self._progress = progress(total=0, desc=self.name)
-        self._done_units = 0
         worker = create_worker(_guarded, job=job, on_event=self._events.event.emit, cancel=self.cancel_event,
                                **kwargs, _start_thread=False,
                                _connect={"returned": lambda result: self._finish(on_done, result),
@@ -103,18 +101,14 @@ class BackgroundRun:
 
     # -- GUI-thread callbacks --------------------------------------------------------------
     def _event(self, event: dict) -> None:
-        if event.get("kind") == "progress" or event.get("kind") == "train":
-            done, total = (event["done"], event["total"]) if event["kind"] == "progress" else (event["step"],
-                                                                                            event["total"])
-            bar = self._progress
+        kind = event.get("kind")
+        if kind in ("progress", "train"):
+            done, total, bar = event["done" if kind == "progress" else "step"], event["total"], self._progress
             if bar is not None and total:
-                if bar.total != total:
-                    bar.total = total
-                    self._done_units = 0
-                    bar.n = 0
+                if bar.total != total:  # a new pass (xz, yz) or a new step plan
+                    bar.total, bar.n = total, 0
                 bar.set_description(f"{self.name}: {event.get('stage', 'training')}")
-                bar.update(max(0, done - self._done_units))
-                self._done_units = done
+                bar.update(max(0, done - bar.n))
         try:
             self._on_event(event)
         except RuntimeError:  # the widget was deleted (viewer closed) while the job ran

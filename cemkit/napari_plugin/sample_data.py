@@ -8,7 +8,6 @@ cached in ``$CEMKIT_CACHE/napari-sample/`` (about 20 s on a 2-core CPU, nothing 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,13 @@ def sample_model(steps: int = 60, root: Path | None = None) -> Path:
     from cemkit.data.synthetic import make_volume
     from cemkit.finetune.orchestrate import run_finetune
     from cemkit.io import write_tif_stack
-    from cemkit.napari_plugin.jobs import _publish, partial_folder
+    from cemkit.napari_plugin.jobs import written_to
 
     folder = (root or cache_root() / "napari-sample") / f"tiny-{steps}"
     if (folder / "1fm" / "best.ckpt").exists():
         return folder
     log.info("training the tiny sample model (%d steps, once) into %s", steps, folder)
-    partial = partial_folder(folder)
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with written_to(folder) as partial:
         sv = make_volume(shape=(8, 128, 128), seed=1, style=MODEL_STYLE)
         images = write_tif_stack(partial / "data" / "images.tif", sv.image)
         labels = write_tif_stack(partial / "data" / "labels.tif", (np.asarray(sv.mito) * 255).astype(np.uint8))
@@ -61,10 +58,6 @@ def sample_model(steps: int = 60, root: Path | None = None) -> Path:
                 "+experiment=tiny_finetune", f"data.images={images}", f"data.labels={labels}", f"output={partial}",
                 f"trainer.max_steps={steps}", f"val.every={steps}", "val.overlays=0", "logger=none"])
         run_finetune(cfg)
-        _publish(partial, folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return folder
 
 

@@ -560,8 +560,8 @@ def run_prediction(input_path: str | Path, output: str | Path, checkpoint: Any =
     vs = vol.voxel_size
     depth, height, width = vol.shape
     record = {
-        "input": {"path": str(vol.path if isinstance(input_path, Volume) else input_path), "key": input_key, "shape": list(vol.shape),
-                  "voxel_size": list(vs) if vs else None},
+        "input": {"path": str(vol.path if isinstance(input_path, Volume) else input_path), "key": input_key,
+                  "shape": list(vol.shape), "voxel_size": list(vs) if vs else None},
         "models": plan.record_models, "predictions": plan.members, "settings": asdict(s), "device": str(plan.device),
         "world": info.world, "channels": plan.channels, "resumed": log.resumed,
         "pixel_size": {"input_nm": plan.input_nm, "rescale": s.rescale, "scales": plan.scales},
